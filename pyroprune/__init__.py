@@ -1,0 +1,74 @@
+"""pyroprune: Bayesian structured pruning of neural networks, written as probabilistic programs in Pyro.
+
+The flow (one function per arrow)::
+
+    nn.Module --gate()--> GatedNet --fit_svi()--> guide --posterior_from_guide()--> GatePosterior
+              --decide()--> PruningPlan --remove()--> smaller plain nn.Module
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import distributions, reduction
+from .data import DataSplits, TensorSplit, load_digits
+from .distributions import LogUniform, TruncatedLogNormal, TruncatedNormal
+from .gates import GatedNet, GateSite, find_gate_sites, gate
+from .guides import TruncatedLogNormalGuide, auto_guide
+from .infer import FitHistory, SiteScale, TrainingDiverged, elbo_loss, evaluate, fit_svi, train_plain
+from .measure import count_macs, count_params, measure_latency
+from .methods import RULES, decide
+from .pipeline import PruneConfig, PruneResult, network_metrics, prune_network
+from .plan import PruningPlan, SitePlan
+from .posterior import GatePosterior, posterior_from_guide
+from .reduction import delta_f_bmrs_n, delta_f_bmrs_u, delta_f_quadrature
+from .serialization import load_pruned, save_pruned
+from .surgery import fold_gates, remove
+
+try:
+    __version__ = version("pyroprune")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "__version__",
+    "distributions",
+    "reduction",
+    "DataSplits",
+    "TensorSplit",
+    "load_digits",
+    "LogUniform",
+    "TruncatedLogNormal",
+    "TruncatedNormal",
+    "GatedNet",
+    "GateSite",
+    "find_gate_sites",
+    "gate",
+    "TruncatedLogNormalGuide",
+    "auto_guide",
+    "FitHistory",
+    "SiteScale",
+    "TrainingDiverged",
+    "elbo_loss",
+    "evaluate",
+    "fit_svi",
+    "train_plain",
+    "count_macs",
+    "count_params",
+    "measure_latency",
+    "RULES",
+    "decide",
+    "PruneConfig",
+    "PruneResult",
+    "network_metrics",
+    "prune_network",
+    "PruningPlan",
+    "SitePlan",
+    "GatePosterior",
+    "posterior_from_guide",
+    "delta_f_bmrs_n",
+    "delta_f_bmrs_u",
+    "delta_f_quadrature",
+    "load_pruned",
+    "save_pruned",
+    "fold_gates",
+    "remove",
+]

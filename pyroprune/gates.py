@@ -1,0 +1,452 @@
+"""Finding prunable structures and gating them: the :class:`GatedNet` Pyro model.
+
+A *gate site* is one vector of multiplicative noise :math:`\\theta \\in (0, 1]^C` that scales ``C`` coupled
+structures: the hidden neurons of a ``Linear`` layer or the output channels of a ``Conv`` layer (multiplied
+after the ``BatchNorm`` that follows it, if any). Structures whose channels are coupled -- e.g. every layer
+whose output is added into the same residual stream -- share one gate site, so that a decision removes them
+together. Coupling is read off Torch-Pruning's dependency graph, the same graph :mod:`pyroprune.surgery` uses
+for physical removal, so what is gated is exactly what can be removed.
+
+The gated network is the generative model of SBP (Neklyudov et al., 2017) and BMRS (Wright, Igel & Selvan,
+2024):
+
+.. math::
+
+    \\theta_s \\sim p(\\theta_s) \\quad (\\text{each site } s), \\qquad
+    y_n \\mid x_n, \\theta \\sim \\mathrm{Categorical}(\\mathrm{softmax}\\, f_W(x_n; \\theta)),
+
+with the network weights :math:`W` point-estimated (ordinary ``torch`` parameters). The labels are observed
+inside ``pyro.plate("data", N, subsample=...)`` so that a minibatch of size :math:`B` is scaled by
+:math:`N/B` and the ELBO is :math:`N\\cdot\\overline{\\mathrm{CE}} + \\sum_s \\mathrm{KL}(q_s \\| p_s)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .distributions import LogUniform
+
+__all__ = ["GateSite", "GatedNet", "find_gate_sites", "gate"]
+
+_PRODUCER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+#: A selector for ``include`` / ``exclude``: a module path (``fnmatch`` patterns allowed, e.g. ``"layer1.*"``)
+#: or a module type (e.g. ``nn.Conv2d``).
+Selector = str | type
+
+
+@dataclass(frozen=True)
+class GateSite:
+    """One gate site: ``size`` coupled structures sharing one vector of noise.
+
+    :param name: the Pyro sample site name, the module path of the first producer (e.g. ``"features.0"``).
+    :param size: the number of structures (neurons or channels).
+    :param kind: ``"neuron"`` (``Linear`` outputs) or ``"channel"`` (``Conv`` outputs).
+    :param producers: module paths of the ``Linear``/``Conv`` layers whose outputs are the structures.
+    :param gated_modules: module paths whose outputs are multiplied by the gate (a producer, or the
+        ``BatchNorm`` right after it).
+    """
+
+    name: str
+    size: int
+    kind: str
+    producers: tuple[str, ...]
+    gated_modules: tuple[str, ...]
+
+    @property
+    def dim_name(self) -> str:
+        """Name of the structure dimension, e.g. ``fc1_unit`` or ``conv1_channel`` (ArviZ-friendly)."""
+        stem = self.name.replace(".", "_")
+        return f"{stem}_{'unit' if self.kind == 'neuron' else 'channel'}"
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "kind": self.kind,
+            "producers": list(self.producers),
+            "gated_modules": list(self.gated_modules),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> GateSite:
+        return cls(d["name"], int(d["size"]), d["kind"], tuple(d["producers"]), tuple(d["gated_modules"]))
+
+
+def _matches(name: str, module: nn.Module, selectors: Sequence[Selector]) -> bool:
+    for sel in selectors:
+        if isinstance(sel, type):
+            if isinstance(module, sel):
+                return True
+        elif isinstance(sel, str):
+            if fnmatch.fnmatchcase(name, sel):
+                return True
+        else:
+            raise TypeError(f"include/exclude entries must be module paths or types, got {sel!r}")
+    return False
+
+
+def _check_selectors(net: nn.Module, selectors: Sequence[Selector], which: str) -> None:
+    names = dict(net.named_modules())
+    for sel in selectors:
+        if isinstance(sel, str) and not any(fnmatch.fnmatchcase(n, sel) for n in names):
+            raise ValueError(f"{which}: no module of the network matches {sel!r}")
+
+
+def _channel_dim(module: nn.Module) -> int:
+    # Linear layers put features last ([B, C] or [B, T, C]); conv and batch-norm put channels at dim 1.
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
+def find_gate_sites(
+    net: nn.Module,
+    example_input: torch.Tensor,
+    include: Sequence[Selector] | None = None,
+    exclude: Sequence[Selector] | None = None,
+) -> list[GateSite]:
+    """Find the prunable structures of ``net``, grouped by coupling.
+
+    Every output neuron of a ``Linear`` layer and every output channel of a ``Conv`` layer is a candidate,
+    except those of the layers that produce the network's output (the final classifier): a group of channels
+    that no downstream ``Linear``/``Conv`` consumes is never gated.
+
+    :param net: any ``nn.Module``.
+    :param example_input: an input batch, used to trace the network (Torch-Pruning's dependency graph).
+    :param include: if given, keep only groups with a producer matching one of these module paths (``fnmatch``
+        patterns) or types.
+    :param exclude: drop groups with a producer matching one of these.
+    :returns: the gate sites in execution order.
+    :raises ValueError: if a selector matches no module.
+    """
+    include = list(include or [])
+    exclude = list(exclude or [])
+    _check_selectors(net, include, "include")
+    _check_selectors(net, exclude, "exclude")
+    names = {m: n for n, m in net.named_modules()}
+    order = _execution_order(net, example_input)
+    dg = dependency_graph(net, example_input)
+
+    sites: list[GateSite] = []
+    seen: set[nn.Module] = set()
+    for group in dg.get_all_groups(root_module_types=_PRODUCER_TYPES):
+        producers, consumed = [], False
+        for dep, _ in group:
+            module = dep.target.module
+            if not isinstance(module, _PRODUCER_TYPES):
+                continue
+            if dep.handler in (tp.prune_linear_out_channels, tp.prune_conv_out_channels):
+                if module not in producers:
+                    producers.append(module)
+            elif dep.handler in (tp.prune_linear_in_channels, tp.prune_conv_in_channels):
+                consumed = True
+        if not producers or any(p in seen for p in producers):
+            continue
+        seen.update(producers)
+        if not consumed:  # feeds the network output: never prune the classifier's outputs
+            continue
+        if include and not any(_matches(names[p], p, include) for p in producers):
+            continue
+        if exclude and any(_matches(names[p], p, exclude) for p in producers):
+            continue
+        producers.sort(key=lambda m: order.get(m, len(order)))
+        producer_names = [names[p] for p in producers]
+        gated = [names[_norm_after(dg, p) or p] for p in producers]
+        size = _out_features(producers[0])
+        kind = "neuron" if isinstance(producers[0], nn.Linear) else "channel"
+        sites.append(GateSite(producer_names[0], size, kind, tuple(producer_names), tuple(gated)))
+    modules = dict(net.named_modules())
+    sites.sort(key=lambda s: order.get(modules[s.producers[0]], len(order)))
+    return sites
+
+
+def _out_features(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def _norm_after(dg: tp.DependencyGraph, producer: nn.Module) -> nn.Module | None:
+    """The BatchNorm that directly and exclusively consumes ``producer``'s output, if any."""
+    node = dg.module2node[producer]
+    if len(node.outputs) == 1 and isinstance(node.outputs[0].module, _NORM_TYPES):
+        return node.outputs[0].module
+    return None
+
+
+def dependency_graph(net: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``net``, traced in eval mode.
+
+    Tracing runs a forward pass; in train mode it would update BatchNorm running statistics.
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.enable_grad():  # the tracer follows autograd
+            return tp.DependencyGraph().build_dependency(net, example_inputs=example_input)
+    finally:
+        net.train(was_training)
+
+
+def _execution_order(net: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:
+    order: dict[nn.Module, int] = {}
+
+    def record(mod: nn.Module, _inputs, _output) -> None:  # must return None: a value would replace the output
+        order.setdefault(mod, len(order))
+
+    handles = [m.register_forward_hook(record) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            was_training = net.training
+            net.eval()
+            net(example_input)
+            net.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+class _GateValues:
+    """The gate values of the forward pass in progress (a small holder the hooks read; no global state)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, torch.Tensor] | None = None
+        self.masks: dict[str, torch.Tensor] = {}  # site -> bool keep-mask
+
+
+class _GateHook:
+    """Forward hook multiplying a module's output by its site's gate, vectorised over leading sample dims."""
+
+    def __init__(self, holder: _GateValues, site: str, dim: int) -> None:
+        self.holder, self.site, self.dim = holder, site, dim
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        values = self.holder.values
+        if values is None or self.site not in values:
+            return output
+        z = values[self.site]
+        mask = self.holder.masks.get(self.site)
+        if mask is not None:
+            z = torch.where(mask.to(z.device), z, torch.zeros((), dtype=z.dtype, device=z.device))
+        num_samples = z.numel() // z.shape[-1]
+        z = z.reshape(num_samples, z.shape[-1])
+        dim = self.dim % output.dim()
+        # Fold the sample dimension out of the batch: [S*B, ..., C, ...] -> [S, B, ..., C, ...].
+        shape = [1] * (output.dim() + 1)
+        shape[0], shape[dim + 1] = num_samples, z.shape[-1]
+        out = output.reshape(num_samples, output.shape[0] // num_samples, *output.shape[1:])
+        return (out * z.reshape(shape)).reshape(output.shape)
+
+
+PriorSpec = dist.Distribution | Callable[[GateSite], dist.Distribution] | Mapping[str, dist.Distribution]
+
+
+class GatedNet(nn.Module):
+    """A network with multiplicative gates on its prunable structures, as a Pyro model.
+
+    ``GatedNet(net, x)(x_batch, y_batch)`` samples every gate :math:`\\theta_s \\sim p(\\theta_s)` (site name
+    = module path), multiplies the structures' outputs by it and observes the labels:
+
+    .. math::
+
+        \\log p(y, \\theta) = \\sum_s \\log p(\\theta_s)
+            + \\frac{N}{B} \\sum_{n \\in \\text{batch}} \\log \\mathrm{Cat}(y_n \\mid f_W(x_n; \\theta)).
+
+    Gate values may carry leading sample dimensions (e.g. ``[S, 1, C]`` under a vectorised particle plate):
+    the input batch is then repeated ``S`` times inside the network (the sample dimension folded into the
+    batch), so ``S`` draws cost one batched forward pass.
+
+    :param net: the network; deep-copied (the user's module is never modified), its weights stay ordinary
+        parameters (point estimates).
+    :param example_input: an input batch used to trace the network.
+    :param prior: the prior over each site's gates, a distribution over :math:`\\theta` with scalar batch shape
+        (expanded to the site size), a mapping from site name to distribution, or a callable
+        ``site -> distribution``. Default :class:`~pyroprune.distributions.LogUniform` ``(-20, 0)``.
+    :param include: see :func:`find_gate_sites`.
+    :param exclude: see :func:`find_gate_sites`.
+    :param num_data: size :math:`N` of the training set, for the likelihood scaling; may also be passed per
+        call.
+    :raises ValueError: if nothing is prunable.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        example_input: torch.Tensor,
+        prior: PriorSpec | None = None,
+        include: Sequence[Selector] | None = None,
+        exclude: Sequence[Selector] | None = None,
+        num_data: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if not isinstance(example_input, torch.Tensor):
+            raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
+        net = copy.deepcopy(net)
+        self.sites: tuple[GateSite, ...] = tuple(find_gate_sites(net, example_input, include, exclude))
+        if not self.sites:
+            raise ValueError(
+                f"nothing to prune in {type(net).__name__}: no Linear/Conv layer has outputs that feed another "
+                "prunable layer (the final classifier's outputs are never pruned); check include/exclude"
+            )
+        self.net = net
+        self.num_data = num_data
+        self._holder = _GateValues()
+        modules = dict(net.named_modules())
+        self._hooks = []
+        for site in self.sites:
+            for path in site.gated_modules:
+                hook = _GateHook(self._holder, site.name, _channel_dim(modules[path]))
+                self._hooks.append(modules[path].register_forward_hook(hook))
+        self._prior_spec = prior if prior is not None else LogUniform(-20.0, 0.0)
+        self._validate_prior()
+
+    # -- the model -------------------------------------------------------------------------------------------
+
+    def site(self, name: str) -> GateSite:
+        """The gate site called ``name``."""
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(f"no gate site {name!r}; sites are {[s.name for s in self.sites]}")
+
+    def prior(self, site: GateSite) -> dist.Distribution:
+        """The prior of ``site``: a distribution over :math:`\\theta` with batch shape ``[site.size]``."""
+        spec = self._prior_spec
+        if isinstance(spec, Mapping):
+            if site.name not in spec:
+                raise KeyError(f"prior mapping has no entry for gate site {site.name!r}")
+            d = spec[site.name]
+        elif isinstance(spec, dist.Distribution):
+            d = spec
+        else:
+            d = spec(site)
+        ref = next(iter(self.net.parameters()), None)
+        if ref is not None:
+            d = _move_distribution(d, ref)
+        return d.expand([site.size]) if d.batch_shape != (site.size,) else d
+
+    def _validate_prior(self) -> None:
+        for site in self.sites:
+            d = self.prior(site)
+            if d.event_shape != ():
+                raise ValueError(f"prior for gate site {site.name!r} must be univariate (event_shape ())")
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None
+    ) -> torch.Tensor:
+        gates = {s.name: pyro.sample(s.name, self.prior(s).to_event(1)) for s in self.sites}
+        logits = self.forward_with_gates(x, gates)
+        n = num_data or self.num_data or x.shape[0]
+        with pyro.plate("data", size=n, subsample=torch.arange(x.shape[0], device=x.device)):
+            # No argument validation: a NaN in the logits must surface as a NaN loss (which fit_svi handles),
+            # and validating the logits every step costs a device sync.
+            pyro.sample("obs", dist.Categorical(logits=logits, validate_args=False), obs=y)
+        return logits
+
+    def forward_with_gates(self, x: torch.Tensor, gates: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Run the network with given gate values (no Pyro involved).
+
+        Gate values of shape ``[C]`` apply to every example; ``[S, C]`` or ``[S, 1, C]`` evaluate ``S`` gate
+        draws at once and return logits of shape ``[S, B, K]``.
+        """
+        lead = None
+        for name, z in gates.items():
+            shape = tuple(z.shape[:-1])
+            if lead is None:
+                lead = shape
+            elif shape != lead:
+                raise ValueError(f"gate {name!r} has leading shape {shape}, others {lead}")
+        lead = lead or ()
+        num_samples = 1
+        for d in lead:
+            num_samples *= d
+        if lead:
+            x = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(num_samples * x.shape[0], *x.shape[1:])
+        with self.gate_values(gates):
+            out = self.net(x)
+        if not lead:
+            return out
+        batch_lead = lead[:-1] if lead[-1] == 1 else lead
+        return out.reshape(*batch_lead, out.shape[0] // num_samples, *out.shape[1:])
+
+    @contextmanager
+    def gate_values(self, gates: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Context in which calls of ``self.net`` use ``gates`` (site name -> values)."""
+        unknown = set(gates) - {s.name for s in self.sites}
+        if unknown:
+            raise KeyError(f"unknown gate sites {sorted(unknown)}")
+        previous = self._holder.values
+        self._holder.values = dict(gates)
+        try:
+            yield
+        finally:
+            self._holder.values = previous
+
+    # -- masks (continuous schedule: pruned structures stay at zero) -----------------------------------------
+
+    def set_masks(self, masks: Mapping[str, torch.Tensor] | None) -> None:
+        """Fix gates to zero where ``masks[site]`` is ``False`` (``None`` clears all masks)."""
+        if masks is None:
+            self._holder.masks = {}
+            return
+        for name, m in masks.items():
+            if m.shape != (self.site(name).size,):
+                raise ValueError(f"mask for gate site {name!r} has shape {tuple(m.shape)}, expected ({self.site(name).size},)")
+        self._holder.masks = {k: torch.as_tensor(v, dtype=torch.bool) for k, v in masks.items()}
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        return dict(self._holder.masks)
+
+    def plain_net(self) -> nn.Module:
+        """A deep copy of the underlying network without the gate hooks (a plain ``nn.Module``)."""
+        clone = copy.deepcopy(self.net)
+        for m in clone.modules():
+            for key in [k for k, h in m._forward_hooks.items() if isinstance(h, _GateHook)]:
+                del m._forward_hooks[key]
+        return clone
+
+
+def _move_distribution(d: dist.Distribution, ref: torch.Tensor) -> dist.Distribution:
+    """``d`` with its parameters on ``ref``'s device and dtype.
+
+    Priors are usually written with Python numbers (CPU, default dtype); rebuilding them from their
+    ``arg_constraints`` parameters lets the same prior serve a network on CUDA or in float64.
+    """
+    params = {
+        name: getattr(d, name)
+        for name in getattr(d, "arg_constraints", {})
+        if isinstance(getattr(d, name, None), torch.Tensor)
+    }
+    if all(v.device == ref.device and v.dtype == ref.dtype for v in params.values()):
+        return d
+    try:
+        return type(d)(**{k: v.to(ref) for k, v in params.items()})
+    except TypeError as e:
+        raise TypeError(
+            f"cannot move prior {type(d).__name__} to {ref.device}/{ref.dtype}; build it there "
+            "or pass a callable site -> distribution"
+        ) from e
+
+
+def gate(
+    net: nn.Module,
+    example_input: torch.Tensor,
+    prior: PriorSpec | None = None,
+    include: Sequence[Selector] | None = None,
+    exclude: Sequence[Selector] | None = None,
+    num_data: int | None = None,
+) -> GatedNet:
+    """Attach gates to ``net``'s prunable structures; see :class:`GatedNet`."""
+    return GatedNet(net, example_input, prior=prior, include=include, exclude=exclude, num_data=num_data)
