@@ -1,8 +1,9 @@
 """SVI overhead: one epoch of SVI on the gated network vs one epoch of plain PyTorch training.
 
-Same network (LeNet-5-Caffe), same minibatches, same device, same optimiser (Adam), in one process; the
-ratio is printed. The plain epoch is ``cross_entropy + backward + step``; the SVI epoch is the full Pyro
-``TraceMeanField_ELBO`` loss (gate sampling by inverse CDF, analytic KL, scaled likelihood) + backward + step.
+Same network (LeNet-5-Caffe), same data, batch size, device and optimiser (Adam), in one process, through the
+public functions: an epoch of ``pyroprune.train_plain`` (cross-entropy) against an epoch of
+``pyroprune.fit_svi`` (Pyro's ``TraceMeanField_ELBO``: gate sampling by inverse CDF, analytic KL, scaled
+likelihood, NaN guard). The ratio is printed.
 
 Usage::
 
@@ -16,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import pyro
 import torch
-import torch.nn.functional as F
 
 from pyroprune.data import TensorSplit, load_mnist
 from pyroprune.gates import GatedNet
 from pyroprune.guides import TruncatedLogNormalGuide
-from pyroprune.infer.svi import elbo_loss
+from pyroprune.infer import fit_svi, train_plain
 from pyroprune.models import LeNet5Caffe
 
 
@@ -35,27 +36,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_plain(net, batches, device) -> float:
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+def time_plain(net, split: TensorSplit, batch_size: int, device) -> float:
+    """One epoch of ``train_plain`` (cross-entropy, Adam, shuffled minibatches)."""
     _sync(device)
     t0 = time.perf_counter()
-    for x, y in batches:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
+    train_plain(net, split, epochs=1, batch_size=batch_size, progress=False)
     _sync(device)
     return time.perf_counter() - t0
 
 
-def time_svi(gated, guide, batches, num_data, device) -> float:
-    loss_fn = elbo_loss(gated, guide, num_data)
-    opt = torch.optim.Adam([*gated.parameters(), *guide.parameters()], lr=1e-3)
+def time_svi(gated, guide, split: TensorSplit, batch_size: int, device) -> float:
+    """One epoch of ``fit_svi`` (Pyro ELBO with analytic KL, Adam, the same minibatches)."""
     _sync(device)
     t0 = time.perf_counter()
-    for x, y in batches:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x, y).backward()
-        opt.step()
+    fit_svi(gated, guide, split, epochs=1, batch_size=batch_size, progress=False)
     _sync(device)
     return time.perf_counter() - t0
 
@@ -68,6 +62,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5, help="timed epochs of each kind (alternating)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    p.add_argument("--write", default=None, help="also write the result as Markdown to this file")
     args = p.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -80,24 +75,44 @@ def main() -> None:
     except FileNotFoundError:
         train = TensorSplit(torch.randn(n, 1, 28, 28, device=device), torch.randint(0, 10, (n,), device=device))
         source = "random MNIST-shaped tensors"
-    batches = list(TensorSplit(train.x[:n], train.y[:n]).batches(args.batch_size))
+    split = TensorSplit(train.x[:n], train.y[:n])
+    warm = TensorSplit(train.x[: 5 * args.batch_size], train.y[: 5 * args.batch_size])
 
     plain_net = LeNet5Caffe().to(device)
-    gated = GatedNet(LeNet5Caffe().to(device), batches[0][0][:2], num_data=len(train))
+    gated = GatedNet(LeNet5Caffe().to(device), split.x[:2])
     guide = TruncatedLogNormalGuide(gated).to(device)
     # warm-up (allocator, autograd graph caches)
-    time_plain(plain_net, batches[:5], device)
-    time_svi(gated, guide, batches[:5], len(train), device)
+    time_plain(plain_net, warm, args.batch_size, device)
+    time_svi(gated, guide, warm, args.batch_size, device)
     plain, svi = [], []
     for _ in range(args.repeats):
-        plain.append(time_plain(plain_net, batches, device))
-        svi.append(time_svi(gated, guide, batches, len(train), device))
+        plain.append(time_plain(plain_net, split, args.batch_size, device))
+        svi.append(time_svi(gated, guide, split, args.batch_size, device))
     tp, ts = statistics.median(plain), statistics.median(svi)
-    print(f"data: {source}; LeNet-5-Caffe; {args.batches} batches of {args.batch_size}; device {device}; "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"plain epoch  {1e3 * tp:9.1f} ms   (median of {args.repeats})")
-    print(f"SVI epoch    {1e3 * ts:9.1f} ms   (median of {args.repeats})")
-    print(f"ratio SVI / plain = {ts / tp:.3f}   (target <= 1.3)")
+    setting = (
+        f"data: {source}; LeNet-5-Caffe; {args.batches} batches of {args.batch_size}; device {device}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    )
+    lines = [
+        setting,
+        f"plain epoch  {1e3 * tp:9.1f} ms   (median of {args.repeats})",
+        f"SVI epoch    {1e3 * ts:9.1f} ms   (median of {args.repeats})",
+        f"ratio SVI / plain = {ts / tp:.3f}   (target <= 1.3)",
+    ]
+    print("\n".join(lines))
+    if args.write:
+        from pyroprune.plan import atomic_write_text
+
+        atomic_write_text(
+            args.write,
+            "# SVI overhead\n\nGenerated by `benchmarks/svi_overhead.py`; do not edit by hand.\n\n"
+            f"Command: `python benchmarks/svi_overhead.py {' '.join(sys.argv[1:])}`\n\n"
+            f"{setting}.\n\n"
+            f"| epoch | time (ms, median of {args.repeats}) |\n|---|---|\n"
+            f"| plain PyTorch (cross-entropy, Adam) | {1e3 * tp:.1f} |\n"
+            f"| SVI (Pyro TraceMeanField_ELBO, gates, analytic KL, Adam) | {1e3 * ts:.1f} |\n\n"
+            f"**Ratio SVI / plain: {ts / tp:.3f}** (target: at most 1.3 on CPU).\n",
+        )
 
 
 if __name__ == "__main__":

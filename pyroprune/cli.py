@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["main"]
+from .demo import DEMO_METHODS
 
-DEMO_METHODS = ("bmrs-n", "bmrs-u8", "bmrs-u4", "snr")
+__all__ = ["main"]
 
 
 class UserError(Exception):
@@ -45,10 +45,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="demo-run", help="run directory (default: %(default)s)")
     demo.add_argument("--force", action="store_true", help="replace the files of an existing run directory")
-    demo.add_argument("--method", default="bmrs-n", help=f"decision rule: {', '.join(DEMO_METHODS)} (default: %(default)s)")
+    demo.add_argument(
+        "--method", default="bmrs-u8", help=f"decision rule: {', '.join(DEMO_METHODS)} (default: %(default)s)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
-    demo.add_argument("--epochs", type=int, default=30, help="SVI epochs (default: %(default)s)")
+    demo.add_argument("--epochs", type=int, default=60, help="SVI epochs (default: %(default)s)")
     demo.add_argument("--pretrain-epochs", type=int, default=40, help="dense training epochs (default: %(default)s)")
     demo.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default: %(default)s)")
     demo.add_argument("--schedule", default="continuous", help="continuous or post-training (default: %(default)s)")
@@ -65,7 +67,9 @@ def _device(name: str) -> torch.device:
         raise UserError(f"--device {name!r} is not a device name (use cpu, cuda or cuda:N)") from e
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+            raise UserError(
+                f"--device {name}: CUDA is not available on this machine (torch.cuda.is_available() is False)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
@@ -93,10 +97,24 @@ def _table(dense: dict, pruned: dict) -> str:
     rows = [
         ("accuracy (test)", f"{100 * dense['accuracy']:.2f} %", f"{100 * pruned['accuracy']:.2f} %", ""),
         ("kept structures", dense["kept"], pruned["kept"], ""),
-        ("parameters", f"{dense['params']:,}", f"{pruned['params']:,}", f"{dense['params'] / pruned['params']:.2f}x fewer"),
-        ("MACs / example", f"{dense['macs']:,}", f"{pruned['macs']:,}", f"{dense['macs'] / pruned['macs']:.2f}x fewer"),
-        ("latency (ms, median)", f"{dense['latency_ms']:.3f}", f"{pruned['latency_ms']:.3f}",
-         f"{dense['latency_ms'] / pruned['latency_ms']:.2f}x faster"),
+        (
+            "parameters",
+            f"{dense['params']:,}",
+            f"{pruned['params']:,}",
+            f"{dense['params'] / pruned['params']:.2f}x fewer",
+        ),
+        (
+            "MACs / example",
+            f"{dense['macs']:,}",
+            f"{pruned['macs']:,}",
+            f"{dense['macs'] / pruned['macs']:.2f}x fewer",
+        ),
+        (
+            "latency (ms, median)",
+            f"{dense['latency_ms']:.3f}",
+            f"{pruned['latency_ms']:.3f}",
+            f"{dense['latency_ms'] / pruned['latency_ms']:.2f}x faster",
+        ),
     ]
     header = ("", "dense", "pruned", "")
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(4)]
@@ -110,17 +128,21 @@ def run_demo(args: argparse.Namespace) -> int:
     import pyro
 
     from .data import load_digits
-    from .infer import train_plain
-    from .models import BMRSMLP
-    from .pipeline import PruneConfig, network_metrics, prune_network
+    from .demo import DEMO_ARCH, prune_and_measure, train_dense
+    from .pipeline import PruneConfig
     from .plan import atomic_write_text
     from .serialization import save_pruned
 
     if args.method not in DEMO_METHODS:
         raise UserError(f"--method {args.method!r} is not one of {', '.join(DEMO_METHODS)}")
     config = PruneConfig(
-        method=args.method, schedule=args.schedule, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-        prior_low=args.prior_low, prior_high=args.prior_high, seed=args.seed,
+        method=args.method,
+        schedule=args.schedule,
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        prior_low=args.prior_low,
+        prior_high=args.prior_high,
+        seed=args.seed,
     )
     try:
         config.validate()
@@ -134,36 +156,20 @@ def run_demo(args: argparse.Namespace) -> int:
 
     pyro.set_rng_seed(args.seed)
     data = load_digits(seed=args.seed, device=device)
-    arch = {"name": "bmrs-mlp", "kwargs": {"in_features": 64, "hidden": 50, "depth": 6, "num_classes": 10}}
-    dense = BMRSMLP(**arch["kwargs"]).to(device)
-    train_plain(dense, data.train, epochs=args.pretrain_epochs, batch_size=64, lr=3e-3, val=data.val,
-                seed=args.seed, progress=progress, description="dense")
-    result = prune_network(dense, data, config, progress=progress)
-
-    widths = [str(data.input_shape[0])]
-    dense_kept = "-".join(widths + [str(s.size) for s in result.gated.sites])
-    dense_m = network_metrics(dense, data, dense_kept)
-    pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(data.input_shape[0]))
-    metrics = {
-        "dataset": "sklearn-digits",
-        "model": "bmrs-mlp",
-        "method": args.method,
-        "seed": args.seed,
-        "device": str(device),
-        "dense": dense_m,
-        "pruned": pruned_m,
-        "params_reduction": dense_m["params"] / pruned_m["params"],
-        "macs_reduction": dense_m["macs"] / pruned_m["macs"],
-        "latency_speedup": dense_m["latency_ms"] / pruned_m["latency_ms"],
-    }
+    dense = train_dense(data, epochs=args.pretrain_epochs, seed=args.seed, progress=progress)
+    result, metrics = prune_and_measure(dense, data, config, progress=progress)
+    metrics["device"] = str(device)
+    dense_m, pruned_m = metrics["dense"], metrics["pruned"]
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     result.plan.save(out / "plan.json")
     atomic_write_text(out / "run.json", json.dumps({**result.to_dict(), "config": asdict(config)}, indent=1))
-    save_pruned(result.pruned, out / "model", arch=arch, metadata={"method": args.method, "seed": args.seed})
+    save_pruned(result.pruned, out / "model", arch=DEMO_ARCH, metadata={"method": args.method, "seed": args.seed})
 
     print()
-    print(f"pyroprune demo: BMRS MLP on scikit-learn digits, method {args.method}, schedule {args.schedule}, "
-          f"seed {args.seed}, {device}")
+    print(
+        f"pyroprune demo: BMRS MLP on scikit-learn digits, method {args.method}, schedule {args.schedule}, "
+        f"seed {args.seed}, {device}"
+    )
     print(_table(dense_m, pruned_m))
     print(f"\nwrote {out}/metrics.json, plan.json, run.json, model/ (load with pyroprune.load_pruned('{out}/model'))")
     return 0

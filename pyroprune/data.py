@@ -65,7 +65,10 @@ class DataSplits:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> DataSplits:
         return DataSplits(
-            self.name, self.train.to(device, dtype), self.val.to(device, dtype), self.test.to(device, dtype),
+            self.name,
+            self.train.to(device, dtype),
+            self.val.to(device, dtype),
+            self.test.to(device, dtype),
             self.num_classes,
         )
 

@@ -33,6 +33,7 @@ import numbers
 
 import pyro.distributions as dist
 import torch
+from torch.autograd.function import once_differentiable
 from torch.distributions import biject_to, constraints, transform_to
 from torch.distributions.kl import register_kl
 from torch.distributions.transforms import AffineTransform, ComposeTransform, ExpTransform, SigmoidTransform
@@ -44,12 +45,10 @@ from .special import (
     LOG_SQRT_PI,
     SQRT_2,
     laplace_cf,
+    laplace_cf_far,
     log1mexp,
-    log_erfcx,
-    log_ndtr,
     log_ndtr_diff,
     log_ndtr_diff_scaled,
-    ndtri_exp,
 )
 
 __all__ = [
@@ -62,13 +61,8 @@ __all__ = [
 # Below this variance of x the variance of theta uses the cumulant series (see TruncatedLogNormal.variance).
 _SMALL_SPREAD = 1e-8
 
-
-def _tail_newton_steps(dtype: torch.dtype) -> int:
-    # Newton iterations (without gradient) for the quantile measured from the near bound, before the final
-    # step that carries the gradient. From the quadratic lower bound the error, in units of the local scale
-    # 1/F'(0), is < 5e-3, 7e-6, 2e-11, 2e-15 after 0, 1, 2, 3 steps (checked over |hi| in [1e-3, 3e5], u down
-    # to 1e-300).
-    return 3 if dtype == torch.float64 else 2
+# rsample keeps u >= this: the quantile's arguments then stay normal float64 numbers in every regime
+_U_MIN = 1e-30
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,31 +83,103 @@ def _first_bad(mask: torch.Tensor, *values) -> list:
     return out
 
 
-def _check_parameters(name: str, low, high, scale=None, validate_args: bool | None = None) -> None:
+def _check_parameters(name: str, low, high, scale=None, validate_args: bool | None = None, loc=None) -> None:
     """Raise ``ValueError`` naming the offending parameter.
 
     Python numbers are always checked (for free); tensors only when validation is on, because the check
-    synchronises with the device.
+    synchronises with the device (once for ``scale > 0`` and ``loc`` not NaN together, once more only for
+    tensor bounds). These are all the parameter checks the distributions make: they replace
+    ``Distribution.__init__``'s own (one synchronisation per parameter).
     """
+    if isinstance(loc, numbers.Real) and loc != loc:
+        raise ValueError(f"{name}: 'loc' must not be NaN (got loc={loc})")
     if scale is not None:
-        if isinstance(scale, numbers.Real):
-            if not scale > 0:
-                raise ValueError(f"{name}: 'scale' must be > 0 (got scale={scale})")
-        elif _validate_default(validate_args):
-            ok = torch.as_tensor(scale) > 0
+        number = isinstance(scale, numbers.Real)
+        if number and not scale > 0:
+            raise ValueError(f"{name}: 'scale' must be > 0 (got scale={scale})")
+        tensor_loc = isinstance(loc, torch.Tensor)
+        if (tensor_loc or not number) and _validate_default(validate_args):
+            scale_ok = torch.as_tensor(scale) > 0
+            ok = scale_ok & (loc == loc) if tensor_loc else scale_ok
             if not bool(ok.all()):
-                (bad,) = _first_bad(ok, scale)
-                raise ValueError(f"{name}: 'scale' must be > 0 (got scale={bad})")
+                if not bool(scale_ok.all()):
+                    (bad,) = _first_bad(scale_ok, scale)
+                    raise ValueError(f"{name}: 'scale' must be > 0 (got scale={bad})")
+                raise ValueError(f"{name}: 'loc' must not be NaN (got loc={loc})")
     if isinstance(low, numbers.Real) and isinstance(high, numbers.Real):
         if not low < high:
             raise ValueError(f"{name}: 'low' must be < 'high' (got low={low}, high={high})")
     elif _validate_default(validate_args):
         ok = torch.as_tensor(low) < torch.as_tensor(high)
         if not bool(ok.all()):
-            bad_low, bad_high = _first_bad(
-                ok, *torch.broadcast_tensors(torch.as_tensor(low), torch.as_tensor(high))
-            )
+            bad_low, bad_high = _first_bad(ok, *torch.broadcast_tensors(torch.as_tensor(low), torch.as_tensor(high)))
             raise ValueError(f"{name}: 'low' must be < 'high' (got low={bad_low}, high={bad_high})")
+
+
+_SCALARS: dict = {}
+
+
+def _broadcast_params(*values) -> tuple[torch.Tensor, ...]:
+    """``broadcast_all`` with a fast path for the common call -- tensors of one shape, dtype and device, and
+    Python-number bounds -- whose numbers become cached 0-dim tensors, expanded."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if tensors and all(isinstance(v, torch.Tensor) or type(v) in (float, int) for v in values):
+        first = tensors[0]
+        shape, dtype, device = first.shape, first.dtype, first.device
+        if dtype.is_floating_point and all(
+            t.shape == shape and t.dtype == dtype and t.device == device for t in tensors
+        ):
+            out = []
+            for v in values:
+                if not isinstance(v, torch.Tensor):
+                    key = (float(v), dtype, device)
+                    c = _SCALARS.get(key)
+                    if c is None:
+                        if len(_SCALARS) > 256:
+                            _SCALARS.clear()
+                        with torch.inference_mode(False), torch.no_grad():
+                            c = _SCALARS[key] = torch.tensor(float(v), dtype=dtype, device=device)
+                    # (a 0-dim result is a copy: in-place changes must not reach the cache)
+                    v = c.expand(shape) if shape else c.clone()
+                out.append(v)
+            return tuple(out)
+    return broadcast_all(*values)
+
+
+def _set_validation(d, validate_args: bool | None) -> None:
+    """What ``Distribution.__init__(validate_args=...)`` records, for an instance initialised with
+    ``validate_args=False`` (its parameters having been checked by :func:`_check_parameters`)."""
+    if validate_args is None:
+        d.__dict__.pop("_validate_args", None)
+    else:
+        d._validate_args = validate_args
+
+
+def _check_value_shape(d, value) -> None:
+    """``Distribution._validate_sample`` without its support check, which the log-densities make on their result
+    instead (:func:`_check_support`: one pass less over the value)."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError("The value argument to log_prob must be a Tensor")
+    event_shape = d._event_shape
+    if value.size()[len(value.size()) - len(event_shape) :] != event_shape:
+        raise ValueError(f"The right-most size of value must match event_shape: {value.size()} vs {event_shape}.")
+    expected = d._batch_shape + event_shape
+    for i, j in zip(reversed(value.size()), reversed(expected), strict=False):
+        if i != 1 and j != 1 and i != j:
+            raise ValueError(f"Value is not broadcastable with batch_shape+event_shape: {value.size()} vs {expected}.")
+
+
+def _check_support(d, value: torch.Tensor, log_prob: torch.Tensor) -> None:
+    """The support check of ``Distribution._validate_sample``, on a log-density that is ``-inf`` exactly
+    outside the support."""
+    if not torch._is_all_true(log_prob > -math.inf):
+        raise ValueError(
+            "Expected value argument "
+            f"({type(value).__name__} of shape {tuple(value.shape)}) "
+            f"to be within the support ({repr(d.support)}) "
+            f"of the distribution {repr(d)}, "
+            f"but found invalid values:\n{value}"
+        )
 
 
 def _wide(x: torch.Tensor) -> torch.dtype:
@@ -208,12 +274,8 @@ class _Standard:
         hi_s = torch.where(~tail & hi_fin, hi, one)
         lz = log_ndtr_diff_scaled(torch.where(tail, -one, lo), torch.where(tail, one, hi))
         lz_safe = torch.where(tail, torch.zeros_like(lz), lz)
-        p_s = torch.where(
-            lo_fin, torch.exp(-0.5 * lo_s * lo_s - LOG_SQRT_2PI - lz_safe), torch.zeros_like(lz)
-        )
-        q_s = torch.where(
-            hi_fin, torch.exp(-0.5 * hi_s * hi_s - LOG_SQRT_2PI - lz_safe), torch.zeros_like(lz)
-        )
+        p_s = torch.where(lo_fin, torch.exp(-0.5 * lo_s * lo_s - LOG_SQRT_2PI - lz_safe), torch.zeros_like(lz))
+        q_s = torch.where(hi_fin, torch.exp(-0.5 * hi_s * hi_s - LOG_SQRT_2PI - lz_safe), torch.zeros_like(lz))
         m_s = p_s - q_s
         v_s = 1.0 + (lo_s - m_s) * p_s - (hi_s - m_s) * q_s
         ent_s = 0.5 * (1.0 + lo_s * p_s - hi_s * q_s) + LOG_SQRT_2PI + lz
@@ -241,6 +303,443 @@ def _clamp(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tens
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the SVI hot path: quantile / rsample, log-density and entropy / KL as autograd Functions
+# ----------------------------------------------------------------------------------------------------------
+#
+# Every SVI step evaluates, per gate site, rsample (forward and backward), the guide's log_prob and the KL.
+# Built from small autograd ops these cost hundreds of kernel launches each. Here each is one
+# torch.autograd.Function: the forward runs without a graph in the wide dtype (float64; float32 only on MPS,
+# which has no float64 -- the values are then less accurate but finite), and the backward is a closed form
+# of a few dozen elementwise ops. Regimes are merged with torch.where: no data-dependent Python branching, so
+# nothing synchronises with the device. What depends only on (mu, sigma, a, b) is computed once per
+# distribution object (_Terms) and shared by the three. On small tensors every operation costs the same
+# couple of microseconds, so the formulas below are written for few operations.
+#
+# In the mirrored standardised coordinates [lo, hi] of _Standard (mass leaning towards hi, lo <= 0), with
+# w = -z/sqrt2, everything rests on the scaled complementary error function: Phi(z) = erfcx(w) e^{-w^2}/2 and
+# the inverse Mills ratio r(z) = phi(z)/Phi(z) = sqrt(2/pi)/erfcx(w) are accurate for every z <= H1 (an upper
+# clamp, above which Phi(z) = 1 in the wide dtype), so that rho = Phi(lo)/Phi(hi) and log Z + min(hi, 0)^2/2
+# follow without underflow. Two places need more:
+#
+# * the quantile itself: Phi^{-1} directly while Phi(hi) is a normal number ("textbook": hi >= -H0, H0 = 30 in
+#   float64); further out ("deep") Newton's method for the offset t = hi - xi from the bound, so that the
+#   spike keeps its relative precision;
+# * differences of nearly equal numbers far out -- the one-sided mean and second moment of the distance to the
+#   bound, g = r + z and s = 1 + z g -- come from Laplace's continued fraction in the deep regime (four levels:
+#   K1 to 1e-12, K2 to 5e-10 relative for w > 21).
+
+_INV_SQRT2 = 1.0 / SQRT_2
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_SQRT_PI_OVER_2 = math.sqrt(math.pi / 2.0)
+_CF_DEPTH = 4
+# Tensor.to(dtype) costs half again as much as these
+_CASTS = {
+    torch.float64: torch.Tensor.double,
+    torch.float32: torch.Tensor.float,
+    torch.float16: torch.Tensor.half,
+    torch.bfloat16: torch.Tensor.bfloat16,
+}
+
+
+class _Consts:
+    """0-dim tensors of one dtype and device: arithmetic with them skips the wrapping of a Python number,
+    which costs as much as a small elementwise op itself on the CPU."""
+
+    _cache: dict = {}
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        f64 = dtype == torch.float64
+        with torch.inference_mode(False), torch.no_grad():
+
+            def c(v: float) -> torch.Tensor:
+                return torch.tensor(v, dtype=dtype, device=device)
+
+            self.zero, self.one, self.neg_one, self.half, self.two = c(0.0), c(1.0), c(-1.0), c(0.5), c(2.0)
+            self.neg_inv_sqrt2, self.sqrt2 = c(-_INV_SQRT2), c(SQRT_2)
+            self.sqrt_2_over_pi = c(_SQRT_2_OVER_PI)
+            self.log_sqrt_2pi, self.log_2 = c(LOG_SQRT_2PI), c(LOG_2)
+            # -H0, where the deep regime of the quantile and of the continued fraction starts, and H1 (float32
+            # only on MPS, where Phi underflows below -13 and erfcx overflows below -9)
+            self.neg_deep = c(-30.0 if f64 else -9.0)
+            self.h1 = c(35.0 if f64 else 9.0)
+            # stands in for infinite standardised bounds: its square is finite, phi of it is 0
+            big = 1e100 if f64 else 1e15
+            self.big, self.neg_big = c(big), c(-big)
+            self.neg_inf = c(-math.inf)
+            self.cf = [c(0.5 * n) for n in range(_CF_DEPTH + 2)]
+
+    @classmethod
+    def of(cls, dtype: torch.dtype, device: torch.device) -> _Consts:
+        key = (dtype, device)
+        k = cls._cache.get(key)
+        if k is None:
+            k = cls._cache[key] = cls(dtype, device)
+        return k
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if t.dtype == dtype:
+        return t
+    cast = _CASTS.get(dtype)
+    return cast(t) if cast is not None else t.to(dtype)
+
+
+def _meta(*tensors) -> tuple:
+    return tuple((t.shape, t.dtype) for t in tensors)
+
+
+def _reduce(grad: torch.Tensor, meta) -> torch.Tensor:
+    shape, dtype = meta
+    if grad.shape != shape:
+        grad = grad.sum_to_size(shape)
+    return _as(grad, dtype)
+
+
+class _Terms:
+    r"""What the quantile, log-density and entropy kernels share, for parameters of one batch shape, in the
+    wide dtype (to be built without a graph, e.g. inside a Function's forward):
+
+    * ``alpha``, ``beta`` (:math:`\alpha, \beta`, infinite ones replaced by a huge finite number so that
+      :math:`\alpha\varphi(\alpha)` is 0, not NaN), their mirror image ``lo``, ``hi`` (``flip``), ``deep``
+      (:math:`hi < -H_0`);
+    * at :math:`lo` and :math:`h = \min(hi, H_1)`: ``w_*`` :math:`= -z/\sqrt2`, ``ex_*`` :math:`=
+      \mathrm{erfcx}(w)` and ``r_*`` :math:`= \sqrt{2/\pi}/\mathrm{erfcx}(w)` (the inverse Mills ratios);
+      :math:`\rho = \Phi(lo)/\Phi(hi)` from :math:`\log\rho = (h - lo)(lo + h)/2 + \log(\mathrm{erfcx}(w_{lo})
+      /\mathrm{erfcx}(w_{hi}))`, ``one_m_rho`` :math:`= 1 - \rho`, and ``lhat`` :math:`= \log Z + \min(hi,
+      0)^2/2 = \log(\mathrm{erfcx}(w_{hi})(1 - \rho)/2) - \max(h, 0)^2/2`;
+    * on demand, :meth:`cf`: :math:`K_1, K_2` at :math:`w_{hi}` (:func:`~pyroprune.special.laplace_cf_far`;
+      valid in the deep regime only).
+    """
+
+    def __init__(self, loc, scale, low, high) -> None:
+        wide = _wide(loc)
+        k = self.k = _Consts.of(wide, loc.device)
+        loc, scale, low, high = (_as(t, wide) for t in (loc, scale, low, high))
+        self.loc, self.scale, self.low, self.high = loc, scale, low, high
+        alpha = self.alpha = torch.clamp((low - loc) / scale, k.neg_big, k.big)
+        beta = self.beta = torch.clamp((high - loc) / scale, k.neg_big, k.big)
+        flip = self.flip = (alpha + beta) > k.zero
+        lo = self.lo = torch.where(flip, -beta, alpha)
+        hi = self.hi = torch.where(flip, -alpha, beta)
+        self.deep = hi < k.neg_deep
+        h = torch.clamp(hi, max=k.h1)
+        w_l = self.w_l = lo * k.neg_inv_sqrt2
+        w_h = self.w_h = h * k.neg_inv_sqrt2
+        ex_l = self.ex_l = torch.special.erfcx(w_l)
+        ex_h = self.ex_h = torch.special.erfcx(w_h)
+        self.r_l, self.r_h = k.sqrt_2_over_pi / ex_l, k.sqrt_2_over_pi / ex_h
+        self.width = hi - lo
+        log_rho = self.log_rho = torch.addcmul(torch.log(ex_l / ex_h), h - lo, lo + h, value=0.5)
+        self.rho = torch.exp(log_rho)
+        one_m_rho = self.one_m_rho = -torch.expm1(log_rho)
+        hp = torch.clamp(h, min=k.zero)
+        self.lhat = torch.addcmul(torch.log(ex_h * one_m_rho) - k.log_2, hp, hp, value=-0.5)
+        self._cf = None
+
+    def cf(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cf is None:
+            self._cf = laplace_cf_far(self.w_h, _CF_DEPTH, self.k.cf)
+        return self._cf
+
+
+def _terms(d) -> _Terms:
+    """The _Terms of a TruncatedNormal, cached on it (invalidated by in-place changes of its parameters). To be
+    called without a graph."""
+    params = (d.loc, d.scale, d.low, d.high)
+    try:
+        key = tuple(t._version for t in params)
+    except RuntimeError:  # inference tensors have no version counter: no caching
+        return _Terms(*params)
+    cached = d.__dict__.get("_terms_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    terms = _Terms(*params)
+    d.__dict__["_terms_cache"] = (key, terms)
+    return terms
+
+
+class _Quantile(torch.autograd.Function):
+    r"""``x = F^{-1}(u)`` of :class:`TruncatedNormal`, with the implicit reparameterisation gradient.
+
+    With ``mirrored=True`` (``rsample``) ``u`` is taken as the quantile :math:`u'` of the mirrored variable
+    (:math:`u` and :math:`1 - u` are equally uniform), otherwise :math:`u' = 1 - u` where the bounds are
+    mirrored. Forward:
+
+    * textbook regime (:math:`hi \ge -H_0`): :math:`\xi = \Phi^{-1}(\Phi(lo) + u'Z)` or
+      :math:`-\Phi^{-1}(\Phi(-hi) + (1-u')Z)`, whichever argument is smaller (so that :math:`1 - p` is never
+      rounded), :math:`x = \mu \pm \sigma\xi`;
+    * deep regime: :math:`t = hi - \xi` solves :math:`F(t) = \ell(hi) - \ell(hi - t) = y := -\log(u' + (1 -
+      u')\rho)`, :math:`\rho = \Phi(lo)/\Phi(hi)`, with :math:`F(t) = t(t/2 - hi) + \log(\mathrm{erfcx}(w) /
+      \mathrm{erfcx}(w + t/\sqrt2))`, :math:`w = -hi/\sqrt2`: Newton's method from the lower bound :math:`t_0
+      = 2y/(r + \sqrt{r^2 + 2y})` (:math:`r = F'(0)`; :math:`F'' < 1`), then :math:`x = b - \sigma t` (or
+      :math:`a + \sigma t`), which keeps the relative precision of the spike.
+
+    Backward: :math:`dx/d\theta = -(\partial F/\partial\theta)/q(x)` for :math:`F(x) = u`. In the mirrored
+    coordinates, with :math:`N = u'\varphi(hi)/\varphi(\xi)` and :math:`S = (1 - u')\varphi(lo)/\varphi(\xi)`:
+    :math:`dx/d\mu = 1 - N - S`, :math:`dx/d\sigma = \pm(\xi - hi\,N - lo\,S)`, the near bound gets
+    :math:`N` and the far one :math:`S`, and :math:`dx/du = \sigma Z/\varphi(\xi)`. In the deep regime, where
+    :math:`1 - N` cancels, :math:`1 - N = 1 + [\rho e^{\tau} - \mathrm{erfcx}(w + t/\sqrt2)/\mathrm{erfcx}(w)]
+    /(1 - \rho)` with :math:`\tau = t(t/2 - hi)` (from :math:`u'(1 - \rho) = e^{-y} - \rho` and :math:`e^{\tau -
+    y} = r(hi)/r(\xi)`), and :math:`\xi - hi\,N = hi(1 - N) - t`.
+    """
+
+    @staticmethod
+    def forward(ctx, u, loc, scale, low, high, d, steps, mirrored):
+        terms = _terms(d)
+        k = terms.k
+        ctx.meta = _meta(u, loc, scale, low, high)
+        ctx.terms = terms
+        flip, lo, hi = terms.flip, terms.lo, terms.hi
+        u = _as(u, lo.dtype)
+        v = k.one - u
+        # (log(1 - u) without log1p: where u is small it only enters through rho, or the density at lo)
+        log_u, log_v = torch.log(u), torch.log(v)
+        if mirrored:
+            up, dn, l_up, l_dn = u, v, log_u, log_v
+        else:
+            up, dn = torch.where(flip, v, u), torch.where(flip, u, v)
+            l_up, l_dn = torch.where(flip, log_v, log_u), torch.where(flip, log_u, log_v)
+
+        # textbook: invert the thinner tail (erfc(w) = 2 Phi(z))
+        e_l, e_h = torch.erfc(terms.w_l), torch.erfc(terms.w_h)
+        z2 = e_h - e_l  # 2 Z
+        pl = torch.addcmul(e_l, up, z2)
+        pu = torch.addcmul(torch.erfc(-terms.w_h), dn, z2)
+        z = torch.special.ndtri(torch.minimum(pl, pu) * k.half)
+        xi = torch.clamp(torch.where(pl <= pu, z, -z), lo, hi)
+
+        # deep: Newton in t = hi - xi
+        width, w_h, ex_h = terms.width, terms.w_h, terms.ex_h
+        y = -torch.logaddexp(l_up, l_dn + terms.log_rho)
+        y2 = y + y
+        r0 = terms.r_h  # F'(0), the inverse Mills ratio at hi
+        t = torch.minimum(y2 / (r0 + torch.sqrt(torch.addcmul(y2, r0, r0))), width)
+        neg_hi = -hi
+        for _ in range(steps):
+            # F - y = t (t/2 - hi) + log(erfcx(w) / erfcx(w_t)) - y;  F' = sqrt(2/pi) / erfcx(w_t)
+            et = torch.special.erfcx(torch.add(w_h, t, alpha=_INV_SQRT2))
+            f_y = torch.addcmul(torch.log(ex_h / et) - y, t, torch.add(neg_hi, t, alpha=0.5))
+            t = torch.clamp(torch.addcmul(t, f_y, et, value=-_SQRT_PI_OVER_2), k.zero, width)
+
+        deep = terms.deep
+        sgn = torch.where(flip, k.neg_one, k.one)
+        sgn_scale = sgn * terms.scale
+        x = torch.where(
+            deep,
+            torch.addcmul(torch.where(flip, terms.low, terms.high), sgn_scale, t, value=-1),
+            torch.addcmul(terms.loc, sgn_scale, xi),
+        )
+        x = torch.clamp(x, terms.low, terms.high)
+        ctx.save_for_backward(l_up, l_dn, sgn, torch.where(deep, hi - t, xi), t, y, z2)
+        return _as(x, loc.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        l_up, l_dn, sgn, xi, t, y, z2 = ctx.saved_tensors
+        terms = ctx.terms
+        k, lo, hi, deep = terms.k, terms.lo, terms.hi, terms.deep
+        g = _as(grad, lo.dtype)
+        s_far = torch.exp(torch.addcmul(l_dn, lo - xi, lo + xi, value=-0.5))
+        n_txt = torch.exp(torch.addcmul(l_up, hi - xi, hi + xi, value=-0.5))
+        et = torch.special.erfcx(torch.add(terms.w_h, t, alpha=_INV_SQRT2))
+        rho_tau = torch.exp(torch.addcmul(terms.log_rho, t, torch.sub(t * k.half, hi)))
+        one_m_n_deep = (rho_tau - et / terms.ex_h).div_(terms.one_m_rho).add_(k.one)
+        one_m_n = torch.where(deep, one_m_n_deep, k.one - n_txt)
+        g_sig = torch.where(deep, torch.addcmul(-t, hi, one_m_n_deep), torch.addcmul(xi, hi, n_txt, value=-1))
+        meta = ctx.meta
+        out = [None, _reduce(g * (one_m_n - s_far), meta[1]), None, None, None, None, None, None]
+        out[2] = _reduce(g * sgn * torch.addcmul(g_sig, lo, s_far, value=-1), meta[2])
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            near, flip = k.one - one_m_n, terms.flip
+            out[3] = _reduce(g * torch.where(flip, near, s_far), meta[3])
+            out[4] = _reduce(g * torch.where(flip, s_far, near), meta[4])
+        if ctx.needs_input_grad[0]:
+            du_txt = torch.exp(torch.log(z2 * k.half) + LOG_SQRT_2PI + 0.5 * xi * xi)
+            du_deep = terms.one_m_rho * torch.exp(y) * et * _SQRT_PI_OVER_2
+            out[0] = _reduce(g * terms.scale * torch.where(deep, du_deep, du_txt), meta[0])
+        return tuple(out)
+
+
+def _quantile_steps(dtype: torch.dtype) -> int:
+    # Newton steps in the deep regime after the quadratic lower bound t0, whose relative error there is
+    # O(y^2 / hi^4) < 2e-6 y^2: one step reaches float32, two float64 (checked in the tests)
+    return 2 if dtype == torch.float64 else 1
+
+
+class _LogProb(torch.autograd.Function):
+    r""":math:`\log q(x)` of :class:`TruncatedNormal` (``theta=False``) or of :class:`TruncatedLogNormal` at
+    :math:`\theta = e^x` (``theta=True``: :math:`\log q_x(\log\theta) - \log\theta`), ``-inf`` outside the
+    support.
+
+    :math:`\log q = -(x - x^*)(x + x^* - 2\mu)/(2\sigma^2) - \log\sigma - \log\sqrt{2\pi} - \hat L` (see
+    :meth:`TruncatedNormal.log_prob`), :math:`\hat L = \log Z + c^2/2`, :math:`c = (x^* - \mu)/\sigma`. The
+    partials of :math:`\hat L` in mirrored coordinates (:math:`c = \min(hi, 0)`) are :math:`\hat G_{lo} =
+    -\varphi(lo)/Z = -\rho\,r_{lo}/(1 - \rho)` and :math:`\hat G_{hi} = \varphi(hi)/Z + c = r_{hi}/(1 - \rho)
+    + c`, in the deep regime, where that cancels, :math:`(g_{hi} - \rho\,hi)/(1 - \rho)` with :math:`g =
+    r + hi = \sqrt2 K_1`; with :math:`\hat G_\alpha, \hat G_\beta` the same un-mirrored:
+
+    .. math::
+
+        \partial_x = -\frac{x - \mu}{\sigma^2},\quad
+        \partial_\mu = \frac{(x - x^*)/\sigma + \hat G_\alpha + \hat G_\beta}{\sigma},\quad
+        \partial_\sigma = \frac{\xi^2 - c^2 - 1 + \alpha\hat G_\alpha + \beta\hat G_\beta}{\sigma},\quad
+        \partial_a = \frac{\max(\alpha, 0) - \hat G_\alpha}{\sigma},\quad
+        \partial_b = \frac{\min(\beta, 0) - \hat G_\beta}{\sigma},
+
+    with :math:`\xi^2 - c^2 = (x - x^*)(x + x^* - 2\mu)/\sigma^2`: no term of size :math:`\beta^2` is formed.
+    """
+
+    @staticmethod
+    def forward(ctx, value, loc, scale, low, high, d, theta):
+        terms = _terms(d)
+        k = terms.k
+        ctx.meta = _meta(value, loc, scale, low, high)
+        ctx.theta, ctx.terms = theta, terms
+        if theta:
+            # the support check in theta (as ``support.check``), then log(theta) clamped into [a, b]: exp and
+            # log do not round-trip exactly, and a draw on the boundary must not fall out of the support
+            inside = (value >= torch.exp(low)) & (value <= torch.exp(high))
+            x = torch.log(_as(value, terms.lo.dtype))
+        else:
+            inside = (value >= low) & (value <= high)
+            x = _as(value, terms.lo.dtype)
+        t_loc, t_scale, t_low, t_high = terms.loc, terms.scale, terms.low, terms.high
+        x_star = torch.clamp(t_loc, t_low, t_high)
+        x = torch.where(inside, torch.clamp(x, t_low, t_high), x_star)
+        dx = x - x_star
+        sq = dx * torch.add(x + x_star, t_loc, alpha=-2.0) / (t_scale * t_scale)  # xi^2 - c^2
+        lp = torch.add(terms.lhat + torch.log(t_scale), sq, alpha=0.5)
+        if theta:
+            lp = lp + x
+        lp = torch.where(inside, -lp - LOG_SQRT_2PI, k.neg_inf)
+        ctx.save_for_backward(x, dx, sq, inside)
+        return _as(lp, loc.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, dx, sq, inside = ctx.saved_tensors
+        terms = ctx.terms
+        k, hi, flip, scale = terms.k, terms.hi, terms.flip, terms.scale
+        # partials of L-hat, mirrored then un-mirrored (K1 only where deep: three levels of the fraction give it
+        # to 2e-10 relative there, unless the entropy has computed the full one)
+        omr, rho = terms.one_m_rho, terms.rho
+        k1_h = terms._cf[0] if terms._cf is not None else laplace_cf_far(terms.w_h, 3, k.cf)[0]
+        g_hi = torch.where(
+            terms.deep,
+            torch.addcmul(k.sqrt2 * k1_h, rho, hi, value=-1),
+            torch.addcmul(terms.r_h, omr, torch.clamp(hi, max=k.zero)),
+        ).div_(omr)
+        g_lo = (rho * terms.r_l).div_(omr).neg_()
+        g_a = torch.where(flip, -g_hi, g_lo)
+        g_b = torch.where(flip, -g_lo, g_hi)
+        g = torch.where(inside, _as(grad, scale.dtype), k.zero) / scale
+        meta = ctx.meta
+        out = [None] * 7
+        if ctx.needs_input_grad[0]:
+            d_x = (terms.loc - x) / scale
+            if ctx.theta:
+                d_x = (d_x - scale) * torch.exp(-x)
+            out[0] = _reduce(g * d_x, meta[0])
+        out[1] = _reduce(g * (dx / scale + g_a + g_b), meta[1])
+        out[2] = _reduce(g * (sq - k.one + terms.alpha * g_a + terms.beta * g_b), meta[2])
+        if ctx.needs_input_grad[3]:
+            out[3] = _reduce(g * (torch.clamp(terms.alpha, min=k.zero) - g_a), meta[3])
+        if ctx.needs_input_grad[4]:
+            out[4] = _reduce(g * (torch.clamp(terms.beta, max=k.zero) - g_b), meta[4])
+        return tuple(out)
+
+
+class _Entropy(torch.autograd.Function):
+    r"""Differential entropy :math:`H[x]` of :class:`TruncatedNormal`, or ``offset - H[x]`` (the KL against a
+    uniform law of log-width ``offset``, given in the wide dtype), evaluated and differentiated in the wide
+    dtype.
+
+    :math:`H = \log\sigma + \log\sqrt{2\pi} + \log Z + \tfrac12 M_2`, :math:`M_2 = E[\xi^2]`, in mirrored
+    coordinates, with :math:`P = \varphi(lo)/Z = \rho r_{lo}/(1-\rho)`, :math:`Q = \varphi(hi)/Z =
+    r_{hi}/(1-\rho)` and :math:`A = hi^2 + 2 - M_2`:
+
+    * :math:`hi \ge 0`: :math:`M_2 = 1 + lo\,P - hi\,Q` and :math:`\log Z = \hat L`;
+    * :math:`hi < 0`: :math:`\log Z + \tfrac12 M_2 = \hat L + 1 - \tfrac12 A` with :math:`A = [s_{hi} -
+      \rho(s_{lo} + hi^2 - lo^2)]/(1 - \rho)`, where :math:`s = 1 + z(r + z)` is the one-sided
+      :math:`E[(z - \xi)^2 \mid \xi \le z]` at each bound (the law on :math:`[lo, hi]` is the one-sided law
+      at :math:`hi` with the one-sided law at :math:`lo` removed); in the deep regime :math:`s_{hi} = 2K_1K_2`
+      from the continued fraction, so that nothing of size :math:`hi^2` is cancelled.
+
+    Gradients: :math:`\partial H/\partial hi = \tfrac12 Q A`, :math:`\partial H/\partial lo = -\tfrac12 P (A
+    - hi^2 + lo^2)`; then :math:`\partial H/\partial\mu = -(\partial_\alpha H + \partial_\beta H)/\sigma`,
+    :math:`\partial H/\partial\sigma = (1 - \alpha\partial_\alpha H - \beta\partial_\beta H)/\sigma`,
+    :math:`\partial H/\partial a = \partial_\alpha H/\sigma`, :math:`\partial H/\partial b = \partial_\beta
+    H/\sigma`.
+    """
+
+    @staticmethod
+    def forward(ctx, loc, scale, low, high, p_low, p_high, d):
+        terms = _terms(d)
+        k = terms.k
+        ctx.meta = _meta(loc, scale, low, high)
+        ctx.terms = terms
+        lo, hi, rho, omr = terms.lo, terms.hi, terms.rho, terms.one_m_rho
+        p = rho * terms.r_l / omr
+        q = terms.r_h / omr
+        # hi >= 0
+        m2 = torch.addcmul(k.one, lo, p).sub_(hi * q)
+        a_bulk = torch.addcmul(k.two - m2, hi, hi)
+        # hi < 0: one-sided second moments at both bounds (at lo the direct form: it only enters with rho)
+        k1, k2 = terms.cf()
+        s_h = torch.where(terms.deep, k.two * k1 * k2, torch.addcmul(k.one, hi, terms.r_h + hi))
+        s_l = torch.addcmul(k.one, lo, terms.r_l + lo)
+        d2 = terms.width * (lo + hi)  # hi^2 - lo^2
+        tail = hi < k.zero
+        a = torch.where(tail, torch.addcmul(s_h, rho, s_l + d2, value=-1).div_(omr), a_bulk)
+        h = torch.where(tail, torch.addcmul(k.one, a, k.half, value=-1), m2 * k.half)
+        h = h.add_(terms.lhat).add_(torch.log(terms.scale)).add_(k.log_sqrt_2pi)
+        ctx.kl = p_low is not None
+        if ctx.kl:
+            # KL = log(b_p - a_p) - H if [a, b] lies within [a_p, b_p], +inf otherwise
+            ctx.p_meta = _meta(p_low, p_high)
+            width_p = _as(p_high, h.dtype) - _as(p_low, h.dtype)
+            inside = (low >= p_low) & (high <= p_high)
+            h = torch.where(inside, torch.log(width_p) - h, math.inf)
+            ctx.save_for_backward(p, q, a, d2, inside, width_p)
+        else:
+            ctx.save_for_backward(p, q, a, d2)
+        return _as(h, loc.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        p, q, a, d2 = ctx.saved_tensors[:4]
+        terms = ctx.terms
+        k, flip = terms.k, terms.flip
+        # 2 dH/dlo and 2 dH/dhi
+        d_lo = (p * (a - d2)).neg_()
+        d_hi = q * a
+        d_a = torch.where(flip, -d_hi, d_lo)
+        d_b = torch.where(flip, -d_lo, d_hi)
+        g = _as(grad, p.dtype)
+        out = [None] * 7
+        if ctx.kl:
+            inside, width_p = ctx.saved_tensors[4:]
+            g = torch.where(inside, g, k.zero)
+            if ctx.needs_input_grad[4] or ctx.needs_input_grad[5]:
+                g_w = g / width_p
+                out[4], out[5] = _reduce(-g_w, ctx.p_meta[0]), _reduce(g_w, ctx.p_meta[1])
+            g = -g
+        gs = g / terms.scale
+        half_gs = gs * k.half
+        meta = ctx.meta
+        out[0] = _reduce(half_gs * (d_a + d_b).neg_(), meta[0])
+        out[1] = _reduce(gs - half_gs * torch.addcmul(terms.alpha * d_a, terms.beta, d_b), meta[1])
+        if ctx.needs_input_grad[2]:
+            out[2] = _reduce(half_gs * d_a, meta[2])
+        if ctx.needs_input_grad[3]:
+            out[3] = _reduce(half_gs * d_b, meta[3])
+        return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # TruncatedNormal
 # ----------------------------------------------------------------------------------------------------------
 
@@ -254,17 +753,20 @@ class TruncatedNormal(dist.TorchDistribution):
         q(x) = \frac{\varphi((x - \mu)/\sigma)}{\sigma Z},\qquad a \le x \le b,\qquad
         Z = \Phi(\beta) - \Phi(\alpha).
 
-    Reparameterised sampling by the inverse CDF (gradients flow to ``loc`` and ``scale``). Stable far outside
-    the bulk (see the module docstring): e.g. ``loc=5, scale=1e-4`` on ``[-20, 0]`` is an exponential spike of
-    width :math:`\sigma^2/(\mu - b) = 2\cdot 10^{-9}` against :math:`b`, and every method returns finite,
-    accurate values and gradients there.
+    Reparameterised sampling by the inverse CDF (gradients flow to ``loc``, ``scale`` and the bounds: the
+    implicit reparameterisation gradient, in closed form). Stable far outside the bulk (see the module
+    docstring): e.g. ``loc=5, scale=1e-4`` on ``[-20, 0]`` is an exponential spike of width :math:`\sigma^2/(\mu
+    - b) = 2\cdot 10^{-9}` against :math:`b`, and every method returns finite, accurate values and gradients
+    there. ``rsample``, ``log_prob`` and ``entropy`` (and the KL) are single autograd Functions with
+    hand-written first-order backward passes (no double backward), sharing what depends on the parameters
+    alone; see "the SVI hot path" in the source and ``docs/distributions.md``.
 
     :param loc: :math:`\mu`.
     :param scale: :math:`\sigma > 0`.
     :param low: :math:`a` (may be ``-inf``).
     :param high: :math:`b > a` (may be ``+inf``).
-    :raises ValueError: if ``low >= high`` or ``scale <= 0`` (Python numbers always; tensors when validation
-        is on).
+    :raises ValueError: if ``low >= high``, ``scale <= 0`` or ``loc`` is NaN (Python numbers always; tensors
+        when validation is on).
     """
 
     arg_constraints = {
@@ -276,9 +778,14 @@ class TruncatedNormal(dist.TorchDistribution):
     has_rsample = True
 
     def __init__(self, loc, scale, low, high, validate_args: bool | None = None) -> None:
-        _check_parameters(type(self).__name__, low, high, scale, validate_args)
-        self.loc, self.scale, self.low, self.high = broadcast_all(loc, scale, low, high)
-        super().__init__(self.loc.shape, validate_args=validate_args)
+        _check_parameters(type(self).__name__, low, high, scale, validate_args, loc)
+        self._init_checked(loc, scale, low, high, validate_args)
+
+    def _init_checked(self, loc, scale, low, high, validate_args) -> None:
+        # parameters already checked: no second round of (synchronising) constraint checks
+        self.loc, self.scale, self.low, self.high = _broadcast_params(loc, scale, low, high)
+        super().__init__(self.loc.shape, validate_args=False)
+        _set_validation(self, validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(TruncatedNormal, _instance)
@@ -321,23 +828,15 @@ class TruncatedNormal(dist.TorchDistribution):
         \mu)^2/(2\sigma^2)`; the difference of squares is evaluated as :math:`(x - x^*)(x + x^* - 2\mu)`, so a
         spike against :math:`b` costs no precision. ``-inf`` outside :math:`[a, b]`."""
         if self._validate_args:
-            self._validate_sample(value)
+            _check_value_shape(self, value)
+            lp = self._log_prob(value)
+            _check_support(self, value, lp)
+            return lp
         return self._log_prob(value)
 
     def _log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        loc, scale, low, high = self.loc, self.scale, self.low, self.high
-        value = torch.as_tensor(value, dtype=loc.dtype, device=loc.device)
-        lhat = log_ndtr_diff_scaled(*self._standardised())
-        x_star = _clamp(loc, low, high)
-        inside = (value >= low) & (value <= high)
-        x = torch.where(inside, value, x_star)
-        lp = (
-            -(x - x_star) * (x + x_star - 2.0 * loc) / (2.0 * scale * scale)
-            - torch.log(scale)
-            - LOG_SQRT_2PI
-            - lhat
-        )
-        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+        value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
+        return _LogProb.apply(value, self.loc, self.scale, self.low, self.high, self, False)
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         r""":math:`F(x) = \frac{\Phi((x-\mu)/\sigma) - \Phi(\alpha)}{Z}`, as the ratio of two scaled masses
@@ -359,74 +858,34 @@ class TruncatedNormal(dist.TorchDistribution):
         return torch.where(above, torch.exp(log_cdf.clamp(max=0.0)), torch.zeros_like(log_cdf))
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
-        r"""Quantile function, solved in log space so that neither tail underflows.
+        r"""Quantile function, in log space so that neither tail underflows (:class:`_Quantile`).
 
-        * Mass piled against a bound (say :math:`b`): with :math:`t = (b - x)/\sigma`, :math:`\rho =
-          \Phi(\alpha)/\Phi(\beta)`, the quantile :math:`u` solves :math:`F(t) := \ell(\beta) - \ell(\beta -
-          t) = -\log(u + (1-u)\rho)`, :math:`\ell = \log\Phi`, where :math:`F(t) = t^2/2 - \beta t +
+        * Mass piled far against a bound (say :math:`b`, :math:`\beta < -30`): with :math:`t = (b - x)/\sigma`,
+          :math:`\rho = \Phi(\alpha)/\Phi(\beta)`, the quantile :math:`u` solves :math:`F(t) := \ell(\beta) -
+          \ell(\beta - t) = -\log(u + (1-u)\rho)`, :math:`\ell = \log\Phi`, where :math:`F(t) = t^2/2 - \beta t +
           \log\mathrm{erfcx}(w) - \log\mathrm{erfcx}(w + t/\sqrt2)`, :math:`w = -\beta/\sqrt2`, is convex and
           increasing. Newton's method from the lower bound :math:`t_0 = 2y/(r + \sqrt{r^2 + 2y})` (:math:`r =
-          F'(0)`, the inverse Mills ratio) converges in a few steps, and :math:`x = b - \sigma t` keeps full
-          relative precision in the spike (a solution for :math:`\xi` itself would lose it all: :math:`x = \mu
-          + \sigma\xi` with :math:`\mu + \sigma\xi \approx b` cancels).
-        * Otherwise :math:`\xi = \Phi^{-1}` of :math:`\log(\Phi(\alpha) + uZ)` via
-          :func:`~pyroprune.special.ndtri_exp`, or of the mirrored upper tail :math:`\log(\Phi(-\beta) +
-          (1-u)Z)` when that is the smaller, rather than :math:`\Phi^{-1}(\Phi(\alpha) + uZ)`, which
-          underflows.
+          F'(0)`, the inverse Mills ratio) converges in one (float32) or two (float64) steps, and :math:`x = b -
+          \sigma t` keeps full relative precision in the spike (a solution for :math:`\xi` itself would lose
+          it all: :math:`x = \mu + \sigma\xi` with :math:`\mu + \sigma\xi \approx b` cancels).
+        * Otherwise :math:`\xi = \Phi^{-1}(\Phi(\alpha) + uZ)`, or :math:`-\Phi^{-1}(\Phi(-\beta) + (1-u)Z)`
+          when that argument is the smaller, evaluated in float64.
 
-        The last Newton step carries the gradient, which is therefore the exact implicit derivative.
+        Differentiable in ``value``, ``loc``, ``scale``, ``low`` and ``high``: the backward is the implicit
+        derivative :math:`dx/d\theta = -(\partial F/\partial\theta)/q(x)` in closed form.
         """
-        loc, scale, low, high = self.loc, self.scale, self.low, self.high
+        loc = self.loc
         u = torch.as_tensor(value, dtype=loc.dtype, device=loc.device)
-        alpha, beta = self._standardised()
-        alpha, beta, u = torch.broadcast_tensors(alpha, beta, u)
-        loc, scale, low, high = (t.expand(u.shape) for t in (loc, scale, low, high))
-        flip = (alpha + beta) > 0
-        lo = torch.where(flip, -beta, alpha)
-        hi = torch.where(flip, -alpha, beta)
-        tail = hi < 0
-        log_u = torch.log(u)
-        log_1mu = torch.log1p(-u)
-
-        # ---- against a bound: Newton in t, in the mirrored coordinates ------------------------------------
-        # (the quantile u of x is the quantile 1 - u of the mirrored variable)
-        lu = torch.where(flip, log_1mu, log_u)
-        l1mu = torch.where(flip, log_u, log_1mu)
-        one = torch.ones_like(hi)
-        lo_fin = torch.isfinite(lo)
-        hi_t = torch.where(tail, hi, -one)
-        lo_t = torch.where(tail & lo_fin, lo, hi_t - 1.0)
-        w = -hi_t / SQRT_2
-        le_w = log_erfcx(w)
-        log_rho = -0.5 * (lo_t - hi_t) * (lo_t + hi_t) + log_erfcx(-lo_t / SQRT_2) - le_w
-        log_rho = torch.where(tail & lo_fin, log_rho.clamp(max=0.0), torch.full_like(log_rho, -math.inf))
-        y = -torch.logaddexp(lu, l1mu + log_rho)
-        width = torch.where(lo_fin, hi_t - lo_t, torch.full_like(hi_t, math.inf))
-        y = torch.where(tail, y, torch.ones_like(y))
-        t = _solve_tail(hi_t, w, le_w, y, width)
-        x_tail = torch.where(flip, low + scale * t, high - scale * t)
-
-        # ---- bulk inside [a, b]: xi from log Phi ---------------------------------------------------------
-        a_s = torch.where(tail, -one, alpha)
-        b_s = torch.where(tail, one, beta)
-        lz = log_ndtr_diff(a_s, b_s)
-        lower = torch.logaddexp(log_ndtr(a_s), log_u + lz)
-        upper = torch.logaddexp(log_ndtr(-b_s), log_1mu + lz)
-        # invert whichever tail is thinner: Phi^{-1} is accurate there, and the other one is its mirror image
-        use_lower = lower <= upper
-        z = ndtri_exp(torch.minimum(lower, upper))
-        xi = torch.where(use_lower, z, -z)
-        x_bulk = loc + scale * torch.where(tail, torch.zeros_like(xi), xi)
-
-        x = torch.where(tail, x_tail, x_bulk)
-        return _clamp(x, low, high)
+        return _Quantile.apply(u, loc, self.scale, self.low, self.high, self, _quantile_steps(loc.dtype), False)
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
-        finfo = torch.finfo(self.loc.dtype)
-        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+        loc = self.loc
+        u = torch.rand(shape, dtype=loc.dtype, device=loc.device)
         # keep u strictly inside (0, 1): the quantile function is then finite with finite gradients
-        return self.icdf(u.clamp(min=finfo.tiny, max=1.0 - finfo.eps))
+        u = u.clamp(min=_U_MIN, max=1.0 - torch.finfo(loc.dtype).eps)
+        # u is used as the quantile of the mirrored law (see _Quantile): the same distribution, fewer operations
+        return _Quantile.apply(u, loc, self.scale, self.low, self.high, self, _quantile_steps(loc.dtype), True)
 
     # -- moments
 
@@ -451,43 +910,9 @@ class TruncatedNormal(dist.TorchDistribution):
 
     def entropy(self) -> torch.Tensor:
         r""":math:`H[x] = \log(\sigma\sqrt{2\pi e}\,Z) + \frac{\alpha\varphi(\alpha) -
-        \beta\varphi(\beta)}{2Z}`, with the :math:`\pm\beta^2/2` parts cancelled analytically in the spike
-        regime."""
-        return self._entropy_wide().to(self.loc.dtype)
-
-    def _entropy_wide(self) -> torch.Tensor:
-        s = self._standard()
-        return torch.log(self.scale.to(s.entropy.dtype)) + s.entropy
-
-
-def _tail_objective(t, hi, w, le_w):
-    """F(t) = log Phi(hi) - log Phi(hi - t) and its slope F'(t) = phi / Phi at hi - t (one continued
-    fraction).
-
-    With w_t = w + t / sqrt 2: F = t^2/2 - hi t + log erfcx(w) - log erfcx(w_t) and F' = sqrt2 (w_t +
-    K1(w_t)), using log erfcx(w_t) = -log(sqrt(pi) (w_t + K1(w_t))).
-    """
-    wt = w + t / SQRT_2
-    k1, _, _ = laplace_cf(wt)
-    f = 0.5 * t * t - hi * t + le_w + LOG_SQRT_PI + torch.log(wt + k1)
-    return f, SQRT_2 * (wt + k1)
-
-
-def _solve_tail(hi, w, le_w, y, width, steps: int | None = None):
-    """Solve F(t) = y for t in [0, width] (see TruncatedNormal.icdf)."""
-    with torch.no_grad():
-        hi_d, w_d, le_d, y_d = hi.detach(), w.detach(), le_w.detach(), y.detach()
-        _, r0 = _tail_objective(torch.zeros_like(w_d), hi_d, w_d, le_d)
-        # F(t) <= r0 t + t^2/2 (F'' < 1), so this root of the quadratic is a lower bound on the solution
-        t = 2.0 * y_d / (r0 + torch.sqrt(r0 * r0 + 2.0 * y_d))
-        t = torch.minimum(t, width)
-        for _ in range(_tail_newton_steps(t.dtype) if steps is None else steps):
-            f, slope = _tail_objective(t, hi_d, w_d, le_d)
-            t = torch.minimum((t - (f - y_d) / slope).clamp(min=0.0), width)
-        _, slope = _tail_objective(t, hi_d, w_d, le_d)
-    # one more Newton step with gradients: the value barely moves, the derivative is the implicit one
-    f, _ = _tail_objective(t, hi, w, le_w)
-    return t - (f - y) / slope
+        \beta\varphi(\beta)}{2Z}`, evaluated in float64, with the :math:`\pm\beta^2/2` parts cancelled
+        analytically in the spike regime (:class:`_Entropy`)."""
+        return _Entropy.apply(self.loc, self.scale, self.low, self.high, None, None, self)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -589,9 +1014,14 @@ class TruncatedLogNormal(dist.TransformedDistribution):
     has_rsample = True
 
     def __init__(self, loc, scale, low=-20.0, high=0.0, validate_args: bool | None = None) -> None:
-        _check_parameters(type(self).__name__, low, high, scale, validate_args)
-        base = TruncatedNormal(loc, scale, low, high, validate_args=validate_args)
-        super().__init__(base, ExpTransform(), validate_args=validate_args)
+        _check_parameters(type(self).__name__, low, high, scale, validate_args, loc)
+        base = TruncatedNormal.__new__(TruncatedNormal)
+        base._init_checked(loc, scale, low, high, validate_args)
+        # what TransformedDistribution.__init__ does for one ExpTransform, without re-checking the parameters
+        self.base_dist = base
+        self.transforms = [ExpTransform()]
+        torch.distributions.Distribution.__init__(self, base.batch_shape, torch.Size(), validate_args=False)
+        _set_validation(self, validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(TruncatedLogNormal, _instance)
@@ -619,11 +1049,15 @@ class TruncatedLogNormal(dist.TransformedDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         r""":math:`\log q(\theta) = \log q_x(\log\theta) - \log\theta`."""
-        if self._validate_args:
-            self._validate_sample(value)
-        x = _log_of_theta(value, self)
-        lp = self.base_dist._log_prob(x) - x
-        return torch.where(torch.isfinite(x), lp, torch.full_like(lp, -math.inf))
+        validate = self._validate_args
+        if validate:
+            _check_value_shape(self, value)
+        loc = self.loc
+        value = torch.as_tensor(value, dtype=loc.dtype, device=loc.device)
+        lp = _LogProb.apply(value, loc, self.scale, self.low, self.high, self.base_dist, True)
+        if validate:
+            _check_support(self, value, lp)
+        return lp
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -737,12 +1171,17 @@ class LogUniform(dist.TransformedDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         r""":math:`-\log(b - a) - \log\theta` on the support, ``-inf`` outside."""
-        if self._validate_args:
-            self._validate_sample(value)
-        x = _log_of_theta(value, self)
-        inside = (x >= self.low) & (x <= self.high)
-        lp = -torch.log(self.high - self.low) - torch.where(inside, x, torch.zeros_like(x))
-        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+        validate = self._validate_args
+        if validate:
+            _check_value_shape(self, value)
+        low, high = self.low, self.high
+        # the support check in theta (as ``support.check``), then log(theta) clamped into [a, b]
+        inside = (value >= torch.exp(low)) & (value <= torch.exp(high))
+        x = torch.clamp(torch.log(value), low, high)
+        lp = torch.where(inside, -x - torch.log(high - low), -math.inf)
+        if validate:
+            _check_support(self, value, lp)
+        return lp
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -773,8 +1212,7 @@ class LogUniform(dist.TransformedDistribution):
         w2 = ws * ws
         d_series = w2 * (
             1.0 / 12.0
-            + w2
-            * (-7.0 / 1440.0 + w2 * (31.0 / 90720.0 + w2 * (-127.0 / 4838400.0 + w2 * 511.0 / 239500800.0)))
+            + w2 * (-7.0 / 1440.0 + w2 * (31.0 / 90720.0 + w2 * (-127.0 / 4838400.0 + w2 * 511.0 / 239500800.0)))
         )
         wb = torch.where(small, torch.ones_like(width), width)
         d_direct = _log_sinhc(wb) - 2.0 * _log_sinhc(0.5 * wb)
@@ -801,11 +1239,9 @@ def _log_sinhc(z: torch.Tensor) -> torch.Tensor:
 def _kl_truncated_normal_uniform(q: TruncatedNormal, p: torch.distributions.Uniform) -> torch.Tensor:
     r""":math:`\mathrm{KL}(q\,\|\,\mathcal U(a_p, b_p)) = \log(b_p - a_p) - H[q]` when :math:`[a_q, b_q]
     \subseteq [a_p, b_p]` (SBP's KL term when the bounds agree), ``inf`` otherwise."""
-    inside = (q.low >= p.low) & (q.high <= p.high)
-    # in the wide dtype: for a nearly uniform q the KL is a small difference of two O(log(b - a)) numbers
-    h = q._entropy_wide()
-    kl = (torch.log(p.high.to(h.dtype) - p.low.to(h.dtype)) - h).to(q.loc.dtype)
-    return torch.where(inside, kl, torch.full_like(kl, math.inf))
+    # in the wide dtype (_Entropy): for a nearly uniform q the KL is a small difference of two O(log(b - a))
+    # numbers
+    return _Entropy.apply(q.loc, q.scale, q.low, q.high, p.low, p.high, q)
 
 
 @register_kl(TruncatedLogNormal, LogUniform)

@@ -303,6 +303,7 @@ class GatedNet(nn.Module):
         self.num_data = num_data
         self._holder = _GateValues()
         modules = dict(net.named_modules())
+        self._site_modules = {s.name: [(p, modules[p]) for p in s.gated_modules] for s in self.sites}
         self._hooks = []
         for site in self.sites:
             for path in site.gated_modules:
@@ -342,9 +343,7 @@ class GatedNet(nn.Module):
             if d.event_shape != ():
                 raise ValueError(f"prior for gate site {site.name!r} must be univariate (event_shape ())")
 
-    def forward(
-        self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None) -> torch.Tensor:
         gates = {s.name: pyro.sample(s.name, self.prior(s).to_event(1)) for s in self.sites}
         logits = self.forward_with_gates(x, gates)
         n = num_data or self.num_data or x.shape[0]
@@ -371,7 +370,11 @@ class GatedNet(nn.Module):
         num_samples = 1
         for d in lead:
             num_samples *= d
-        if lead:
+        if not lead:
+            overrides = self._scaled_parameters(gates)
+            if overrides is not None:
+                return torch.func.functional_call(self.net, overrides, (x,), strict=False, tie_weights=True)
+        else:
             x = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(num_samples * x.shape[0], *x.shape[1:])
         with self.gate_values(gates):
             out = self.net(x)
@@ -379,6 +382,31 @@ class GatedNet(nn.Module):
             return out
         batch_lead = lead[:-1] if lead[-1] == 1 else lead
         return out.reshape(*batch_lead, out.shape[0] // num_samples, *out.shape[1:])
+
+    def _scaled_parameters(self, gates: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """One gate vector per site, applied in weight space.
+
+        Scaling output channel c of a gated module by :math:`z_c` equals scaling row c of its weight and bias (a
+        ``Linear``/``Conv``) or its affine weight and bias (a ``BatchNorm``): the parameters are far smaller
+        than the activations, so this is much cheaper than multiplying the output, forward and backward.
+        ``None`` when a gated module has no weight to scale (non-affine BatchNorm): then the hooks do it.
+        """
+        unknown = set(gates) - set(self._site_modules)
+        if unknown:
+            raise KeyError(f"unknown gate sites {sorted(unknown)}")
+        overrides = {}
+        for name, z in gates.items():
+            mask = self._holder.masks.get(name)
+            if mask is not None:
+                z = torch.where(mask.to(z.device), z, torch.zeros((), dtype=z.dtype, device=z.device))
+            for path, module in self._site_modules[name]:
+                weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+                if not isinstance(weight, torch.Tensor):
+                    return None
+                overrides[f"{path}.weight" if path else "weight"] = weight * z.reshape(-1, *([1] * (weight.dim() - 1)))
+                if isinstance(bias, torch.Tensor):
+                    overrides[f"{path}.bias" if path else "bias"] = bias * z
+        return overrides
 
     @contextmanager
     def gate_values(self, gates: Mapping[str, torch.Tensor]) -> Iterator[None]:
@@ -402,7 +430,9 @@ class GatedNet(nn.Module):
             return
         for name, m in masks.items():
             if m.shape != (self.site(name).size,):
-                raise ValueError(f"mask for gate site {name!r} has shape {tuple(m.shape)}, expected ({self.site(name).size},)")
+                raise ValueError(
+                    f"mask for gate site {name!r} has shape {tuple(m.shape)}, expected ({self.site(name).size},)"
+                )
         self._holder.masks = {k: torch.as_tensor(v, dtype=torch.bool) for k, v in masks.items()}
 
     @property

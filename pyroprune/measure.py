@@ -19,15 +19,14 @@ def count_params(net: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(net: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass of a single example (Torch-Pruning's counter)."""
+    """Multiply-accumulates of one forward pass of a single example, as counted by Torch-Pruning (bias additions
+    included, so an MLP has as many MACs as parameters)."""
     macs, _ = tp.utils.count_ops_and_params(net, example_input[:1])
     return int(macs)
 
 
 @torch.no_grad()
-def measure_latency(
-    net: nn.Module, example_input: torch.Tensor, repeats: int = 50, warmup: int = 10
-) -> float:
+def measure_latency(net: nn.Module, example_input: torch.Tensor, repeats: int = 50, warmup: int = 10) -> float:
     """Median wall-clock time of one forward pass of ``example_input``, in milliseconds.
 
     Runs in eval mode under ``torch.inference_mode``; synchronises CUDA around each timed call.

@@ -39,10 +39,10 @@ class PruneConfig:
     method: str = "bmrs-n"
     method_params: dict = field(default_factory=dict)
     schedule: str = "continuous"
-    epochs: int = 30
-    batch_size: int = 64
+    epochs: int = 60
+    batch_size: int = 32
     lr: float = 1e-3
-    guide_lr: float = 1e-2
+    guide_lr: float = 0.1
     kl_weighting: str = "elbo"
     prior_low: float = -20.0
     prior_high: float = 0.0
@@ -83,10 +83,16 @@ class PruneResult:
     config: PruneConfig
 
     def to_dict(self) -> dict:
-        return {"config": asdict(self.config), "history": self.history.epochs, "finetune": self.finetune_history}
+        return {
+            "config": asdict(self.config),
+            "history": self.history.epochs,
+            "finetune": self.finetune_history,
+        }
 
 
-def prune_network(net: nn.Module, data: DataSplits, config: PruneConfig | None = None, progress: bool = True) -> PruneResult:
+def prune_network(
+    net: nn.Module, data: DataSplits, config: PruneConfig | None = None, progress: bool = True
+) -> PruneResult:
     """Prune ``net`` (ideally trained) on ``data`` (already on the device) with ``config``.
 
     The input network is not modified.
@@ -118,16 +124,32 @@ def prune_network(net: nn.Module, data: DataSplits, config: PruneConfig | None =
         return {"kept": kept, "val_acc": val}
 
     history = fit_svi(
-        gated, guide, data.train, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-        guide_lr=config.guide_lr, kl_weighting=config.kl_weighting, seed=config.seed, on_epoch_end=on_epoch_end, progress=progress,
+        gated,
+        guide,
+        data.train,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        guide_lr=config.guide_lr,
+        kl_weighting=config.kl_weighting,
+        seed=config.seed,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
         description=f"SVI {config.method}",
     )
     plan = current_plan()
     posterior = posterior_from_guide(guide, gated)
     pruned = remove(gated, plan, example)
     finetune = train_plain(
-        pruned, data.train, epochs=config.finetune_epochs, batch_size=config.batch_size, lr=config.finetune_lr,
-        val=data.val, seed=config.seed, progress=progress, description="fine-tune",
+        pruned,
+        data.train,
+        epochs=config.finetune_epochs,
+        batch_size=config.batch_size,
+        lr=config.finetune_lr,
+        val=data.val,
+        seed=config.seed,
+        progress=progress,
+        description="fine-tune",
     )
     return PruneResult(gated, guide, posterior, plan, pruned, history, finetune, config)
 
@@ -138,16 +160,16 @@ def _gated_accuracy(gated: GatedNet, guide: TruncatedLogNormalGuide, data: DataS
     was = gated.training
     gated.eval()
     ref = data.val.x
-    gates = {sp.site.name: torch.tensor(sp.fold, dtype=ref.dtype, device=ref.device) * sp.keep_tensor(ref.device)
-             for sp in plan.sites}
+    gates = {
+        sp.site.name: torch.tensor(sp.fold, dtype=ref.dtype, device=ref.device) * sp.keep_tensor(ref.device)
+        for sp in plan.sites
+    }
     acc = evaluate(lambda x: gated.forward_with_gates(x, gates), data.val)["accuracy"]
     gated.train(was)
     return acc
 
 
-def network_metrics(
-    net: nn.Module, data: DataSplits, kept: str, latency_batch: int = 256, repeats: int = 50
-) -> dict:
+def network_metrics(net: nn.Module, data: DataSplits, kept: str, latency_batch: int = 256, repeats: int = 50) -> dict:
     """Test accuracy (fraction), parameters, MACs per example, kept-structures string and median latency (ms)
     of one forward pass over ``latency_batch`` test examples."""
     x = data.test.x[:latency_batch]

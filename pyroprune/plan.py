@@ -134,7 +134,7 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PruningPlan:
-        if d.get("format") != "pyroprune.PruningPlan":
+        if not isinstance(d, Mapping) or d.get("format") != "pyroprune.PruningPlan":
             raise ValueError("not a pyroprune plan: missing 'format': 'pyroprune.PruningPlan'")
         for key in ("method", "params", "sites"):
             if key not in d:

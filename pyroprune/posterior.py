@@ -98,7 +98,11 @@ def _prior_bounds(gated: GatedNet) -> tuple[float, float]:
 
 @torch.no_grad()
 def posterior_from_guide(
-    guide, gated: GatedNet, num_samples: int = 256, model_args: tuple = (), model_kwargs: Mapping | None = None
+    guide,
+    gated: GatedNet,
+    num_samples: int = 256,
+    model_args: tuple = (),
+    model_kwargs: Mapping | None = None,
 ) -> GatePosterior:
     """Turn a fitted guide into a :class:`GatePosterior`.
 

@@ -82,9 +82,7 @@ def delta_f_bmrs_n(
     loc, scale, low, high = q.loc, q.scale, q.low, q.high
     if isinstance(reduced_scale, numbers.Real):
         if not reduced_scale >= 0:
-            raise ValueError(
-                f"delta_f_bmrs_n: 'reduced_scale' must be >= 0 (got reduced_scale={reduced_scale})"
-            )
+            raise ValueError(f"delta_f_bmrs_n: 'reduced_scale' must be >= 0 (got reduced_scale={reduced_scale})")
         limit_only = reduced_scale == 0
     else:
         limit_only = False
@@ -304,9 +302,7 @@ def delta_f_quadrature(
     device = ref.device if ref is not None else None
     lo = torch.as_tensor(bounds[0], dtype=dtype, device=device).detach()
     hi = torch.as_tensor(bounds[1], dtype=dtype, device=device).detach()
-    batch = torch.broadcast_shapes(
-        posterior.batch_shape, prior.batch_shape, reduced_prior.batch_shape, lo.shape
-    )
+    batch = torch.broadcast_shapes(posterior.batch_shape, prior.batch_shape, reduced_prior.batch_shape, lo.shape)
     lo, hi = lo.expand(batch), hi.expand(batch)
 
     # -- breakpoints [*batch, P]

@@ -25,16 +25,34 @@ _FORMAT = "pyroprune.PrunedModel"
 
 def _spec(m: nn.Module) -> dict | None:
     if isinstance(m, nn.Linear):
-        return {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features,
-                "bias": m.bias is not None}
+        return {
+            "type": "Linear",
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "bias": m.bias is not None,
+        }
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return {"type": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels,
-                "kernel_size": list(m.kernel_size), "stride": list(m.stride), "padding": _padding(m.padding),
-                "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None,
-                "padding_mode": m.padding_mode}
+        return {
+            "type": type(m).__name__,
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride),
+            "padding": _padding(m.padding),
+            "dilation": list(m.dilation),
+            "groups": m.groups,
+            "bias": m.bias is not None,
+            "padding_mode": m.padding_mode,
+        }
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-        return {"type": type(m).__name__, "num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
-                "affine": m.affine, "track_running_stats": m.track_running_stats}
+        return {
+            "type": type(m).__name__,
+            "num_features": m.num_features,
+            "eps": m.eps,
+            "momentum": m.momentum,
+            "affine": m.affine,
+            "track_running_stats": m.track_running_stats,
+        }
     return None
 
 
@@ -45,8 +63,15 @@ def _padding(p):
 def _build(spec: dict) -> nn.Module:
     kind = spec["type"]
     args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "type"}
-    cls = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "Conv3d": nn.Conv3d,
-           "BatchNorm1d": nn.BatchNorm1d, "BatchNorm2d": nn.BatchNorm2d, "BatchNorm3d": nn.BatchNorm3d}.get(kind)
+    cls = {
+        "Linear": nn.Linear,
+        "Conv1d": nn.Conv1d,
+        "Conv2d": nn.Conv2d,
+        "Conv3d": nn.Conv3d,
+        "BatchNorm1d": nn.BatchNorm1d,
+        "BatchNorm2d": nn.BatchNorm2d,
+        "BatchNorm3d": nn.BatchNorm3d,
+    }.get(kind)
     if cls is None:
         raise ValueError(f"model.json: unknown module type {kind!r}")
     return cls(**args)
@@ -68,8 +93,14 @@ def save_pruned(
     save_file(state, str(tmp))
     os.replace(tmp, directory / "model.safetensors")
     dtype = next((p.dtype for p in net.parameters()), torch.get_default_dtype())
-    doc = {"format": _FORMAT, "version": 1, "arch": arch, "dtype": str(dtype).removeprefix("torch."),
-           "modules": modules, "metadata": metadata or {}}
+    doc = {
+        "format": _FORMAT,
+        "version": 1,
+        "arch": arch,
+        "dtype": str(dtype).removeprefix("torch."),
+        "modules": modules,
+        "metadata": metadata or {},
+    }
     atomic_write_text(directory / "model.json", json.dumps(doc, indent=1))
 
 

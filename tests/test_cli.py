@@ -57,8 +57,11 @@ def one_line_error(capsys, argv, *needles):
 
 def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     one_line_error(capsys, ["demo", "--out", str(tmp_path / "a"), "--method", "nope"], "nope", "bmrs-n")
-    one_line_error(capsys, ["demo", "--out", str(tmp_path / "b"), "--prior-low", "0", "--prior-high", "-1"],
-                   "--prior-low")
+    one_line_error(
+        capsys,
+        ["demo", "--out", str(tmp_path / "b"), "--prior-low", "0", "--prior-high", "-1"],
+        "--prior-low",
+    )
     if not torch.cuda.is_available():
         one_line_error(capsys, ["demo", "--out", str(tmp_path / "c"), "--device", "cuda"], "CUDA")
     one_line_error(capsys, ["demo", "--out", str(tmp_path / "d"), "--device", "tpu"], "tpu")

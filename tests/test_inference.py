@@ -144,7 +144,12 @@ def test_bmrs_weighting_trains(digits):
 def test_prior_is_a_pyro_distribution_users_can_swap(digits):
     from pyroprune.distributions import LogUniform
 
-    gated = GatedNet(BMRSMLP(in_features=64, hidden=8, depth=1), digits.train.x[:2],
-                     prior=lambda site: LogUniform(-12.0, 0.0))
+    gated = GatedNet(
+        BMRSMLP(in_features=64, hidden=8, depth=1),
+        digits.train.x[:2],
+        prior=lambda site: LogUniform(-12.0, 0.0),
+    )
     assert isinstance(gated.prior(gated.sites[0]), dist.torch_distribution.TorchDistributionMixin)
-    assert gated.prior(gated.sites[0]).support.lower_bound.reshape(-1)[0].item() == pytest.approx(math.exp(-12.0), rel=1e-5)
+    assert gated.prior(gated.sites[0]).support.lower_bound.reshape(-1)[0].item() == pytest.approx(
+        math.exp(-12.0), rel=1e-5
+    )

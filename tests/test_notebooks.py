@@ -59,7 +59,5 @@ def test_notebook_runs(path: Path):
         allow_errors=False,
     )
     client.execute(env=env)  # raises CellExecutionError on the first failing cell
-    errors = [
-        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
-    ]
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors

@@ -44,7 +44,9 @@ def test_ci_runs_the_readme_test_command():
     block = re.search(r"```(?:bash|sh)?\n(.*?)```", readme, re.S).group(1)
     commands = [c.strip() for c in block.splitlines() if c.strip() and not c.strip().startswith("#")]
     assert commands == ["make demo", "make test"]
-    ci = [c for c in (ROOT / ".ci/run").read_text().splitlines() if c.strip() and not c.startswith(("#", "set ", "cd "))]
+    ci = [
+        c for c in (ROOT / ".ci/run").read_text().splitlines() if c.strip() and not c.startswith(("#", "set ", "cd "))
+    ]
     assert ci == ["make test"]
 
 

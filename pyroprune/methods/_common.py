@@ -37,7 +37,13 @@ def plan_from_scores(
             forced = [best]
         fold = posterior.mean(site.name).detach().cpu()
         sites.append(
-            SitePlan(site, k.tolist(), score[site.name].detach().cpu().double().tolist(), fold.double().tolist(), forced)
+            SitePlan(
+                site,
+                k.tolist(),
+                score[site.name].detach().cpu().double().tolist(),
+                fold.double().tolist(),
+                forced,
+            )
         )
     return PruningPlan(method, dict(params), sites)
 
@@ -50,7 +56,10 @@ def validate_amount(amount: float | None, match: PruningPlan | None) -> None:
 
 
 def matched_keep(
-    posterior: GatePosterior, keepness: Mapping[str, torch.Tensor], amount: float | None, match: PruningPlan | None
+    posterior: GatePosterior,
+    keepness: Mapping[str, torch.Tensor],
+    amount: float | None,
+    match: PruningPlan | None,
 ) -> dict[str, torch.Tensor]:
     """Keep, per site, the structures with the highest ``keepness``: as many as ``match`` keeps there, or a
     fraction ``1 - amount`` of them."""
