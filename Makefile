@@ -28,11 +28,11 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check pyroprune
+	$(VENV)/bin/ruff format --check pyroprune models benchmarks tests
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
-	$(VENV)/bin/ruff format pyroprune
+	$(VENV)/bin/ruff format pyroprune models benchmarks tests
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

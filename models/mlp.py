@@ -24,9 +24,7 @@ class _FlatMLP(nn.Module):
     features: nn.Sequential
     classifier: nn.Linear
 
-    def __init__(
-        self, in_features: int, widths: list[int], num_classes: int, activation: type[nn.Module]
-    ) -> None:
+    def __init__(self, in_features: int, widths: list[int], num_classes: int, activation: type[nn.Module]) -> None:
         super().__init__()
         if in_features < 1 or num_classes < 1 or any(w < 1 for w in widths):
             raise ValueError(
@@ -58,9 +56,7 @@ class BMRSMLP(_FlatMLP):
     :param num_classes: number of output logits.
     """
 
-    def __init__(
-        self, in_features: int = 784, hidden: int = 50, depth: int = 6, num_classes: int = 10
-    ) -> None:
+    def __init__(self, in_features: int = 784, hidden: int = 50, depth: int = 6, num_classes: int = 10) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         super().__init__(in_features, [hidden] * depth, num_classes, nn.Tanh)

@@ -59,9 +59,7 @@ class VGGLike(nn.Module):
     :param input_size: height (= width) of the square input image.
     """
 
-    def __init__(
-        self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0, input_size: int = 32
-    ) -> None:
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0, input_size: int = 32) -> None:
         super().__init__()
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")

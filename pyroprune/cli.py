@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -147,7 +148,10 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         config.validate()
     except ValueError as e:
-        raise UserError(str(e).replace("'prior_low'", "--prior-low").replace("'prior_high'", "--prior-high")) from e
+        # name the command-line option, not the PruneConfig field
+        names = {f.name for f in fields(PruneConfig)}
+        message = re.sub(r"'(\w+)'", lambda m: "--" + m[1].replace("_", "-") if m[1] in names else m[0], str(e))
+        raise UserError(message) from e
     if args.pretrain_epochs < 0:
         raise UserError("--pretrain-epochs must be >= 0")
     device = _device(args.device)

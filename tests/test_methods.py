@@ -120,3 +120,23 @@ def test_with_masks_only_shrinks():
         {"fc1": torch.tensor([True, False, True])}
     )
     assert emptied.kept == [1]
+
+
+def test_weight_norm_keeps_largest_incoming_weights():
+    from pyroprune.gates import GatedNet
+    from pyroprune.guides import TruncatedLogNormalGuide
+    from pyroprune.models import BMRSMLP
+    from pyroprune.posterior import posterior_from_guide
+
+    net = BMRSMLP(in_features=8, hidden=6, depth=2)
+    with torch.no_grad():
+        net.features[0].weight.mul_(torch.arange(1.0, 7.0).unsqueeze(1))  # row norms grow with the index
+    gated = GatedNet(net, torch.randn(2, 8))
+    post = posterior_from_guide(TruncatedLogNormalGuide(gated), gated)
+    plan = decide(post, "weight-norm", gated, amount=0.5)
+    first = plan.sites[0]
+    norms = net.features[0].weight.norm(dim=1)
+    assert first.score == pytest.approx(norms.tolist(), rel=1e-6)
+    assert first.keep == [False, False, False, True, True, True]
+    with pytest.raises(ValueError, match="gated network"):
+        decide(post, "weight-norm", amount=0.5)

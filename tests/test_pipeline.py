@@ -30,9 +30,7 @@ def test_post_training_removal_equals_gated_network_without_finetuning(digits):
     cfg = PruneConfig(method="bmrs-u4", epochs=3, finetune_epochs=0, schedule="post-training")
     result = prune_network(net, digits, cfg, progress=False)
     x = digits.test.x
-    gates = {
-        sp.site.name: torch.tensor(sp.fold, dtype=x.dtype) * sp.keep_tensor() for sp in result.plan.sites
-    }
+    gates = {sp.site.name: torch.tensor(sp.fold, dtype=x.dtype) * sp.keep_tensor() for sp in result.plan.sites}
     result.gated.eval()
     torch.testing.assert_close(result.pruned(x), result.gated.forward_with_gates(x, gates), rtol=1e-4, atol=1e-5)
     # the input network was not touched
