@@ -982,7 +982,25 @@ def _log_mgf_parts(loc, scale, low, high, k: float):
     return ck, t_k, lhat_k
 
 
-class TruncatedLogNormal(dist.TransformedDistribution):
+class _ExpOfBounded:
+    r"""Shared by the distributions over :math:`\theta = e^x` whose base lives on :math:`[a, b]`: the bounds
+    (in log space) come from the base, and the support is the log-space interval whose registered bijection
+    makes AutoGuides work over :math:`\log\theta`."""
+
+    @property
+    def low(self) -> torch.Tensor:
+        return self.base_dist.low
+
+    @property
+    def high(self) -> torch.Tensor:
+        return self.base_dist.high
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return log_interval(self.low, self.high)
+
+
+class TruncatedLogNormal(_ExpOfBounded, dist.TransformedDistribution):
     r""":math:`\theta = e^{x}` with :math:`x \sim` :class:`TruncatedNormal` :math:`(\mu, \sigma, a, b)`: the
     variational posterior of a multiplicative gate in SBP (Neklyudov et al. 2017) and BMRS (Wright et al.
     2024).
@@ -1034,18 +1052,6 @@ class TruncatedLogNormal(dist.TransformedDistribution):
     @property
     def scale(self) -> torch.Tensor:
         return self.base_dist.scale
-
-    @property
-    def low(self) -> torch.Tensor:
-        return self.base_dist.low
-
-    @property
-    def high(self) -> torch.Tensor:
-        return self.base_dist.high
-
-    @constraints.dependent_property(is_discrete=False, event_dim=0)
-    def support(self):
-        return log_interval(self.low, self.high)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         r""":math:`\log q(\theta) = \log q_x(\log\theta) - \log\theta`."""
@@ -1132,7 +1138,7 @@ def _log_expm1(d: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class LogUniform(dist.TransformedDistribution):
+class LogUniform(_ExpOfBounded, dist.TransformedDistribution):
     r""":math:`\theta` with :math:`\log\theta \sim \mathcal U(a, b)`: the (truncated) log-uniform prior of SBP
     (Neklyudov et al. 2017) and BMRS (Wright et al. 2024),
 
@@ -1156,18 +1162,6 @@ class LogUniform(dist.TransformedDistribution):
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(LogUniform, _instance)
         return super().expand(batch_shape, _instance=new)
-
-    @property
-    def low(self) -> torch.Tensor:
-        return self.base_dist.low
-
-    @property
-    def high(self) -> torch.Tensor:
-        return self.base_dist.high
-
-    @constraints.dependent_property(is_discrete=False, event_dim=0)
-    def support(self):
-        return log_interval(self.low, self.high)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         r""":math:`-\log(b - a) - \log\theta` on the support, ``-inf`` outside."""
