@@ -1,0 +1,1 @@
+"""Reliability diagnostics of fitted gate posteriors and pruned networks (ArviZ data, metrics, report)."""
