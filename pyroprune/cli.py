@@ -12,7 +12,7 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -132,7 +132,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_ARCH, prune_and_measure, train_dense
     from .pipeline import PruneConfig
     from .plan import atomic_write_text
-    from .serialization import save_pruned
+    from .runs import save_run
 
     if args.method not in DEMO_METHODS:
         raise UserError(f"--method {args.method!r} is not one of {', '.join(DEMO_METHODS)}")
@@ -164,10 +164,15 @@ def run_demo(args: argparse.Namespace) -> int:
     result, metrics = prune_and_measure(dense, data, config, progress=progress)
     metrics["device"] = str(device)
     dense_m, pruned_m = metrics["dense"], metrics["pruned"]
+    save_run(
+        out,
+        result,
+        dense,
+        arch=DEMO_ARCH,
+        data={"name": "digits", "seed": args.seed},
+        metadata={"command": "pyroprune demo", "device": str(device)},
+    )
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-    result.plan.save(out / "plan.json")
-    atomic_write_text(out / "run.json", json.dumps({**result.to_dict(), "config": asdict(config)}, indent=1))
-    save_pruned(result.pruned, out / "model", arch=DEMO_ARCH, metadata={"method": args.method, "seed": args.seed})
 
     print()
     print(

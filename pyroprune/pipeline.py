@@ -27,7 +27,7 @@ from .plan import PruningPlan
 from .posterior import GatePosterior, posterior_from_guide
 from .surgery import remove
 
-__all__ = ["PruneConfig", "PruneResult", "prune_network", "network_metrics", "SCHEDULES"]
+__all__ = ["PruneConfig", "PruneResult", "prune_network", "network_metrics", "predict_proba", "SCHEDULES"]
 
 SCHEDULES = ("post-training", "continuous")
 
@@ -170,13 +170,31 @@ def _gated_accuracy(gated: GatedNet, guide: TruncatedLogNormalGuide, data: DataS
 
 
 def network_metrics(net: nn.Module, data: DataSplits, kept: str, latency_batch: int = 256, repeats: int = 50) -> dict:
-    """Test accuracy (fraction), parameters, MACs per example, kept-structures string and median latency (ms)
-    of one forward pass over ``latency_batch`` test examples."""
+    """Test-split figures of a plain network: accuracy (fraction), NLL, Brier score and ECE (15 bins) of its
+    softmax, parameters, MACs per example, the kept-structures string and the median latency (ms) of one forward
+    pass over ``latency_batch`` test examples."""
+    from .diagnostics.metrics import brier, ece, nll
+
     x = data.test.x[:latency_batch]
+    probs = predict_proba(net, data.test)
+    labels = data.test.y
     return {
         "accuracy": evaluate(net, data.test)["accuracy"],
+        "nll": nll(probs, labels),
+        "brier": brier(probs, labels),
+        "ece": ece(probs, labels),
         "params": count_params(net),
         "macs": count_macs(net, x),
         "kept": kept,
         "latency_ms": measure_latency(net, x, repeats=repeats),
     }
+
+
+@torch.no_grad()
+def predict_proba(net: nn.Module, split, batch_size: int = 1024) -> torch.Tensor:
+    """Softmax class probabilities ``[N, K]`` of a plain network on a split (eval mode, restored after)."""
+    was = net.training
+    net.eval()
+    probs = torch.cat([torch.softmax(net(xb), dim=-1) for xb, _ in split.batches(batch_size)])
+    net.train(was)
+    return probs

@@ -40,7 +40,8 @@ def test_post_training_removal_equals_gated_network_without_finetuning(digits):
 def test_network_metrics_fields(digits):
     net = small_net()
     m = network_metrics(net, digits, "64-12-12", repeats=3)
-    assert set(m) == {"accuracy", "params", "macs", "kept", "latency_ms"}
+    assert set(m) == {"accuracy", "nll", "brier", "ece", "params", "macs", "kept", "latency_ms"}
+    assert 0.0 <= m["ece"] <= 1.0 and m["nll"] > 0 and 0.0 <= m["brier"] <= 2.0
     assert m["params"] == sum(p.numel() for p in net.parameters())
     assert m["macs"] == (64 * 12 + 12) + (12 * 12 + 12) + (12 * 10 + 10)  # Torch-Pruning counts bias additions
     assert m["accuracy"] == evaluate(net, digits.test)["accuracy"]

@@ -1,0 +1,146 @@
+"""Run directories: everything needed to rebuild a fitted run later, without pickle.
+
+A run directory written by :func:`save_run` holds
+
+============================  ==============================================================================
+``run.json``                  format tag, pyroprune version, architecture (registry name + kwargs), data set
+                              (name + split seed), the ``PruneConfig``, per-epoch history
+``plan.json``                 the :class:`~pyroprune.plan.PruningPlan`
+``metrics.json``              dense vs pruned figures (written by the caller)
+``model/``                    the pruned network (:func:`~pyroprune.serialization.save_pruned`)
+``dense/``                    the dense network before gating
+``posterior/net.safetensors`` the network weights fitted jointly with the gates
+``posterior/guide.safetensors`` the guide's parameters (the gate posterior)
+============================  ==============================================================================
+
+:func:`load_run` rebuilds a :class:`~pyroprune.diagnostics.run.RunArtifacts` and the data splits from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from .data import DataSplits, load_digits
+from .diagnostics.run import RunArtifacts
+from .distributions import LogUniform
+from .gates import GatedNet
+from .guides import TruncatedLogNormalGuide
+from .models import build_model
+from .pipeline import PruneConfig, PruneResult
+from .plan import PruningPlan, atomic_write_text
+from .posterior import posterior_from_guide
+from .serialization import load_pruned, save_pruned
+
+__all__ = ["save_run", "load_run", "RUN_FORMAT"]
+
+RUN_FORMAT = "pyroprune.Run"
+_REQUIRED = (
+    "run.json",
+    "plan.json",
+    "model/model.json",
+    "model/model.safetensors",
+    "dense/model.json",
+    "dense/model.safetensors",
+    "posterior/net.safetensors",
+    "posterior/guide.safetensors",
+)
+
+
+def _save_state(state: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def save_run(
+    directory: str | os.PathLike,
+    result: PruneResult,
+    dense,
+    *,
+    arch: dict,
+    data: dict,
+    metadata: dict | None = None,
+) -> None:
+    """Write the artefacts of a fitted run into ``directory`` (each file atomically).
+
+    :param arch: ``{"name": registry name, "kwargs": {...}}`` of the network.
+    :param data: ``{"name": "digits", "seed": split seed}``, enough to reload the same splits.
+    """
+    from . import __version__
+
+    directory = Path(directory)
+    (directory / "posterior").mkdir(parents=True, exist_ok=True)
+    result.plan.save(directory / "plan.json")
+    save_pruned(result.pruned, directory / "model", arch=arch)
+    save_pruned(dense, directory / "dense", arch=arch)
+    _save_state(result.gated.net.state_dict(), directory / "posterior" / "net.safetensors")
+    _save_state(result.guide.state_dict(), directory / "posterior" / "guide.safetensors")
+    doc = {
+        "format": RUN_FORMAT,
+        "version": 1,
+        "pyroprune_version": __version__,
+        "arch": arch,
+        "data": data,
+        "config": asdict(result.config),
+        "guide": type(result.guide).__name__,
+        "history": result.history.epochs,
+        "finetune": result.finetune_history,
+        "metadata": metadata or {},
+    }
+    atomic_write_text(directory / "run.json", json.dumps(doc, indent=1))
+
+
+def load_data(spec: dict, device="cpu") -> DataSplits:
+    """The data splits a run was fitted on."""
+    if spec.get("name") == "digits":
+        return load_digits(seed=int(spec.get("seed", 0)), device=device)
+    raise ValueError(f"run.json: data set {spec.get('name')!r} cannot be reloaded (supported: digits)")
+
+
+def load_run(directory: str | os.PathLike, device="cpu") -> tuple[RunArtifacts, DataSplits]:
+    """Rebuild a run written by :func:`save_run`.
+
+    :raises FileNotFoundError: naming every missing file.
+    :raises ValueError: if ``run.json`` is not a pyroprune run or was written by an incompatible version.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"run directory not found: {directory}")
+    missing = [name for name in _REQUIRED if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a complete pyroprune run: missing {', '.join(missing)}")
+    try:
+        doc = json.loads((directory / "run.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{directory / 'run.json'} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
+        raise ValueError(f"{directory / 'run.json'} is not a pyroprune run description")
+    if doc.get("version") != 1:
+        raise ValueError(f"{directory / 'run.json'}: run format version {doc.get('version')!r} is not supported (1)")
+    if doc.get("guide") != TruncatedLogNormalGuide.__name__:
+        raise ValueError(f"{directory / 'run.json'}: guide {doc.get('guide')!r} cannot be rebuilt from a run directory")
+    known = {f.name for f in fields(PruneConfig)}
+    config = PruneConfig(**{k: v for k, v in doc["config"].items() if k in known})
+    data = load_data(doc["data"], device)
+    net = build_model(doc["arch"]["name"], **doc["arch"].get("kwargs", {}))
+    net.load_state_dict(load_file(str(directory / "posterior" / "net.safetensors")))
+    net.to(device)
+    gated = GatedNet(
+        net, data.train.x[:2], prior=LogUniform(config.prior_low, config.prior_high), num_data=len(data.train)
+    )
+    guide = TruncatedLogNormalGuide(gated, config.prior_low, config.prior_high)
+    guide.load_state_dict(load_file(str(directory / "posterior" / "guide.safetensors")))
+    guide.to(device)
+    plan = PruningPlan.load(directory / "plan.json")
+    if [sp.site.name for sp in plan.sites] != [s.name for s in gated.sites]:
+        raise ValueError(f"{directory / 'plan.json'} does not match the network's gate sites")
+    posterior = posterior_from_guide(guide, gated)
+    pruned = load_pruned(directory / "model").to(device)
+    dense = load_pruned(directory / "dense").to(device)
+    run = RunArtifacts(gated, guide, posterior, plan, pruned, dense, config.method, config.seed)
+    return run, data

@@ -1,0 +1,59 @@
+"""Run directories: a demo run is rebuilt exactly from its files; incomplete ones give clear errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from pyroprune.cli import main
+from pyroprune.runs import load_run
+
+FAST = ["--epochs", "2", "--pretrain-epochs", "2", "--finetune-epochs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "demo"
+    assert main(["demo", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_load_run_rebuilds_the_fitted_run(run_dir):
+    run, data = load_run(run_dir)
+    assert run.method == "bmrs-u8" and run.seed == 0
+    plan_doc = json.loads((run_dir / "plan.json").read_text())
+    assert [sp.site.name for sp in run.plan.sites] == [s["site"]["name"] for s in plan_doc["sites"]]
+    x = data.test.x
+    # the pruned network's test accuracy is the one recorded in metrics.json
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    acc = (run.pruned(x).argmax(-1) == data.test.y).double().mean().item()
+    assert acc == pytest.approx(metrics["pruned"]["accuracy"])
+    acc_dense = (run.dense(x).argmax(-1) == data.test.y).double().mean().item()
+    assert acc_dense == pytest.approx(metrics["dense"]["accuracy"])
+    # posterior means fold into the plan exactly as saved
+    for sp in run.plan.sites:
+        torch.testing.assert_close(
+            run.posterior.mean(sp.site.name).double(), torch.tensor(sp.fold, dtype=torch.float64), rtol=1e-5, atol=1e-7
+        )
+
+
+def test_incomplete_or_foreign_run_directories(run_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "posterior" / "guide.safetensors").unlink()
+    (broken / "plan.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing plan\.json, posterior/guide\.safetensors"):
+        load_run(broken)
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    doc = json.loads((other / "run.json").read_text())
+    doc["version"] = 99
+    (other / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="version 99"):
+        load_run(other)
+    (other / "run.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a pyroprune run"):
+        load_run(other)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_run(tmp_path / "nowhere")
