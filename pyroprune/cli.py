@@ -58,6 +58,18 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prior-low", type=float, default=-20.0, help="log-uniform prior lower bound a of log θ")
     demo.add_argument("--prior-high", type=float, default=0.0, help="log-uniform prior upper bound b of log θ")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    report = sub.add_parser(
+        "report",
+        help="write the reliability report (report.md, figures, ArviZ data) of one or more run directories",
+        description="Rebuild fitted runs from their directories (written by 'pyroprune demo') and write the "
+        "reliability report: calibration, uncertainty, dense vs pruned, conformal coverage, PSIS k-hat, uncertain "
+        "decisions; with several runs of one method (seeds), also their stability.",
+    )
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (several = seeds of one method)")
+    report.add_argument("--out", default=None, help="report directory (default: DIR/report of the first DIR)")
+    report.add_argument("--force", action="store_true", help="replace the files of an existing report")
+    report.add_argument("--draws", type=int, default=100, help="posterior draws per run (default: %(default)s)")
+    report.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     return parser
 
 
@@ -130,9 +142,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .data import load_digits
     from .demo import DEMO_ARCH, prune_and_measure, train_dense
+    from .diagnostics.report import diagnose, write_report
     from .pipeline import PruneConfig
     from .plan import atomic_write_text
-    from .runs import save_run
+    from .runs import artifacts_from_result, save_run
 
     if args.method not in DEMO_METHODS:
         raise UserError(f"--method {args.method!r} is not one of {', '.join(DEMO_METHODS)}")
@@ -164,6 +177,8 @@ def run_demo(args: argparse.Namespace) -> int:
     result, metrics = prune_and_measure(dense, data, config, progress=progress)
     metrics["device"] = str(device)
     dense_m, pruned_m = metrics["dense"], metrics["pruned"]
+    diagnostics = diagnose([artifacts_from_result(result, dense)], data, seed=args.seed)
+    metrics["khat"] = diagnostics.summary["khat"].get("khat")
     save_run(
         out,
         result,
@@ -173,6 +188,7 @@ def run_demo(args: argparse.Namespace) -> int:
         metadata={"command": "pyroprune demo", "device": str(device)},
     )
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_report(diagnostics, data, out / "report", force=args.force)
 
     print()
     print(
@@ -180,7 +196,28 @@ def run_demo(args: argparse.Namespace) -> int:
         f"seed {args.seed}, {device}"
     )
     print(_table(dense_m, pruned_m))
-    print(f"\nwrote {out}/metrics.json, plan.json, run.json, model/ (load with pyroprune.load_pruned('{out}/model'))")
+    k = metrics["khat"]
+    print(f"PSIS k-hat of the gate posterior: {'n/a' if k is None else f'{k:.2f}'}")
+    print(
+        f"\nwrote {out}/metrics.json, plan.json, run.json, model/ (pyroprune.load_pruned('{out}/model')), "
+        f"dense/, posterior/, report/report.md"
+    )
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .diagnostics.report import write_report
+    from .runs import load_run
+
+    device = _device(args.device)
+    loaded = [load_run(d, device=device) for d in args.dirs]
+    runs = [r for r, _ in loaded]
+    data = loaded[0][1]
+    out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    written = write_report(runs, data, out, force=args.force, num_draws=args.draws)
+    print(f"wrote {out / 'report.md'} and {len(written) - 1} more files")
     return 0
 
 
@@ -193,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     from .infer import TrainingDiverged
 
     try:
-        return run_demo(args)
-    except (UserError, ValueError, TypeError, FileNotFoundError, TrainingDiverged) as e:
+        return run_demo(args) if args.command == "demo" else run_report(args)
+    except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, TrainingDiverged) as e:
         print(f"pyroprune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

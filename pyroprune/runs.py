@@ -36,7 +36,7 @@ from .plan import PruningPlan, atomic_write_text
 from .posterior import posterior_from_guide
 from .serialization import load_pruned, save_pruned
 
-__all__ = ["save_run", "load_run", "RUN_FORMAT"]
+__all__ = ["save_run", "load_run", "artifacts_from_result", "RUN_FORMAT"]
 
 RUN_FORMAT = "pyroprune.Run"
 _REQUIRED = (
@@ -49,6 +49,20 @@ _REQUIRED = (
     "posterior/net.safetensors",
     "posterior/guide.safetensors",
 )
+
+
+def artifacts_from_result(result: PruneResult, dense=None) -> RunArtifacts:
+    """The :class:`RunArtifacts` of a fresh :func:`~pyroprune.pipeline.prune_network` result."""
+    return RunArtifacts(
+        result.gated,
+        result.guide,
+        result.posterior,
+        result.plan,
+        result.pruned,
+        dense,
+        result.config.method,
+        result.config.seed,
+    )
 
 
 def _save_state(state: dict, path: Path) -> None:

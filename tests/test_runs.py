@@ -57,3 +57,24 @@ def test_incomplete_or_foreign_run_directories(run_dir, tmp_path):
         load_run(other)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_run(tmp_path / "nowhere")
+
+
+def test_report_command_rebuilds_and_refuses_to_overwrite(run_dir, tmp_path, capsys):
+    # the demo already wrote run_dir/report: without --force nothing is replaced
+    before = (run_dir / "report" / "report.md").read_bytes()
+    assert main(["report", str(run_dir), "--draws", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyroprune: error:") and "\n" not in err and "report" in err
+    assert (run_dir / "report" / "report.md").read_bytes() == before
+    out = tmp_path / "rep"
+    assert main(["report", str(run_dir), "--out", str(out), "--draws", "20"]) == 0
+    text = (out / "report.md").read_text()
+    assert "PSIS" in text and "figures/reliability_diagram.png" in text
+    for fig in ("reliability_diagram", "keep_probability_forest", "gate_posteriors", "accuracy_coverage", "khat"):
+        assert (out / "figures" / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for part in ("dense", "pruned"):
+        assert {"ece", "nll", "brier"} <= set(metrics[part])
+    assert "khat" in metrics
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,989 @@
+r"""The reliability report of one pruning method: several seeds, one architecture, one data set.
+
+:func:`diagnose` puts the building blocks of :mod:`pyroprune.diagnostics` together and returns a
+:class:`Diagnostics`; :func:`write_report` renders it into a folder::
+
+    out_dir/
+        report.md                      the human-readable report (Markdown, figures linked relatively)
+        diagnostics.json               Diagnostics.summary (JSON-safe: numbers, strings, lists, null)
+        posterior.nc                   the ArviZ DataTree of the dense Bayesian model (save_datatree)
+        figures/reliability_diagram.png
+        figures/keep_probability_forest.png
+        figures/gate_posteriors.png
+        figures/accuracy_coverage.png
+        figures/khat.png
+
+Three predictors are compared on the test split:
+
+* **dense network** -- the deterministic network before gating (``RunArtifacts.dense``, if given);
+* **dense Bayesian** -- the gated network averaged over the gate posterior: the mean of the class probabilities
+  over every draw of every run (runs are ArviZ *chains*, see :func:`~pyroprune.diagnostics.datatree.build_datatree`);
+  gates fixed at zero by the masks of a ``"continuous"`` schedule stay at zero, as during training (the report
+  counts them);
+* **pruned** -- the physically pruned and fine-tuned network of the first run (softmax of its logits); with two
+  runs or more also the **pruned ensemble**, the mean of the runs' pruned networks' probabilities.
+
+**Keep probability.** The decision rules differ (BMRS, SNR, magnitude...), so the report uses one rule-agnostic
+proxy for "the posterior wants this structure": the share of posterior draws in which the gate is *active*,
+:math:`P(\theta > 2^{-8})`. The threshold :math:`2^{-8}` is the upper end of the reduced region
+:math:`[0, 2^{-8}]` of BMRS_U-8 (Wright, Igel & Selvan 2024): a gate below it is one the reduced model of
+BMRS_U-8 would switch off. A structure's decision is **uncertain** if its keep probability lies in
+:math:`[0.1, 0.9]`, or if the plan's decision disagrees with "keep probability > 0.5".
+
+The variational draws are independent samples of :math:`q`, not Markov chains, so no :math:`\hat R` or MCMC
+effective sample size is reported; the quality of :math:`q` is judged by the PSIS :math:`\hat k`
+(:mod:`~pyroprune.diagnostics.approximation`) and the reproducibility of the decisions by the agreement of the
+seeds' plans (:mod:`~pyroprune.diagnostics.stability`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from ..data import DataSplits, TensorSplit
+from ..guides import TruncatedLogNormalGuide
+from ..plan import atomic_write_text, write_atomic
+from .approximation import (
+    KHAT_BAD,
+    KHAT_GOOD,
+    importance_ess,
+    interpret_khat,
+    log_importance_ratios,
+    pareto_khat,
+)
+from .conformal import conformal_report
+from .datatree import build_datatree, posterior_predictive_draws, predictive_probabilities, save_datatree
+from .metrics import accuracy_coverage_curve, compare_predictive, reliability_diagram_data, reliability_summary
+from .run import RunArtifacts
+from .stability import stability_report
+
+__all__ = [
+    "ACTIVE_THRESHOLD",
+    "ALPHAS",
+    "FIGURES",
+    "HDI_PROB",
+    "SECTIONS",
+    "UNCERTAIN_RANGE",
+    "Diagnostics",
+    "diagnose",
+    "write_report",
+]
+
+#: A gate counts as *active* in a draw when :math:`\theta > 2^{-8}` (upper end of BMRS_U-8's reduced region).
+ACTIVE_THRESHOLD = 2.0**-8
+#: Keep probabilities in this closed interval make a decision uncertain.
+UNCERTAIN_RANGE = (0.1, 0.9)
+#: Probability mass of the highest density intervals of :math:`\theta`.
+HDI_PROB = 0.94
+#: Miscoverage levels of the conformal prediction sets (90 % and 95 % coverage).
+ALPHAS = (0.1, 0.05)
+#: File names of the figures, written into ``out_dir/figures``.
+FIGURES = (
+    "reliability_diagram.png",
+    "keep_probability_forest.png",
+    "gate_posteriors.png",
+    "accuracy_coverage.png",
+    "khat.png",
+)
+#: Headings of the sections of ``report.md``, in order.
+SECTIONS = (
+    "Setup",
+    "Predictive performance",
+    "Dense Bayesian vs pruned",
+    "Conformal prediction sets",
+    "Variational approximation (PSIS k-hat)",
+    "Uncertain pruning decisions",
+    "Stability across seeds",
+    "Figures",
+)
+
+_MODEL_LABELS = {
+    "dense_network": "dense network",
+    "dense_bayesian": "dense Bayesian",
+    "pruned": "pruned",
+    "pruned_ensemble": "pruned ensemble",
+}
+_STABILITY_NOTE = "stability needs >= 2 seeds (independent runs of the method); only one run was given"
+
+
+@dataclass
+class Diagnostics:
+    """Everything :func:`diagnose` computed.
+
+    :param summary: the JSON-safe summary (nested dicts of floats, ints, bools, strings, lists and ``None`` for
+        undefined numbers); written as ``diagnostics.json``. Top-level keys: ``setup``, ``models`` (per predictor
+        :func:`~pyroprune.diagnostics.metrics.reliability_summary`), ``comparison``
+        (:func:`~pyroprune.diagnostics.metrics.compare_predictive` of dense Bayesian vs pruned), ``conformal``
+        (per predictor, per :math:`\\alpha` as a string), ``structures`` (per site: keep probabilities, HDIs,
+        decisions, uncertain decisions; plus ``total``), ``khat``, ``stability``.
+    :param datatree: the ArviZ :class:`xarray.DataTree` of the dense Bayesian model on the test split (chains =
+        runs).
+    :param arrays: numpy arrays for the figures: ``labels``; ``probs`` (predictor -> ``[N, K]``); ``reliability``
+        (predictor -> :func:`~pyroprune.diagnostics.metrics.reliability_diagram_data`); ``accuracy_coverage``
+        (predictor -> ``(coverage, accuracy)``); ``active_share`` (site -> ``[chain, draw]`` share of active gates);
+        ``theta`` (site -> ``[draw, C]`` draws of the first run); ``plan_keep`` (site -> ``[C]`` bool, first run);
+        ``plan_kept_share`` (site -> ``[runs]``); ``log_weights`` (``[S]`` PSIS log ratios, or ``None``).
+    """
+
+    summary: dict[str, Any]
+    datatree: xr.DataTree
+    arrays: dict[str, Any] = field(default_factory=dict)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _check_runs(runs: Sequence[RunArtifacts]) -> list[RunArtifacts]:
+    """Validate the runs: non-empty, :class:`RunArtifacts`, same gate sites (and plan sites) as run 0."""
+    runs = list(runs)
+    if not runs:
+        raise ValueError("runs is empty: pass at least one RunArtifacts (one per seed)")
+    for i, run in enumerate(runs):
+        if not isinstance(run, RunArtifacts):
+            raise TypeError(f"runs[{i}] is a {type(run).__name__}, not a RunArtifacts")
+    reference = [(s.name, s.size) for s in runs[0].gated.sites]
+    names = [n for n, _ in reference]
+    for i, run in enumerate(runs):
+        sites = [(s.name, s.size) for s in run.gated.sites]
+        for what, got in (("gated network", sites), ("plan", [(sp.site.name, sp.site.size) for sp in run.plan.sites])):
+            if got == reference:
+                continue
+            other = dict(got)
+            for name, size in reference:
+                if name not in other:
+                    raise ValueError(f"runs[{i}]: the {what} has no gate site {name!r} (runs[0] has)")
+                if other[name] != size:
+                    raise ValueError(
+                        f"runs[{i}]: gate site {name!r} of the {what} has {other[name]} structures, {size} in runs[0]"
+                    )
+            extra = [n for n, _ in got if n not in names]
+            if extra:
+                raise ValueError(f"runs[{i}]: the {what} has gate site {extra[0]!r}, which runs[0] does not have")
+            raise ValueError(f"runs[{i}]: the {what}'s gate sites are in a different order than in runs[0]")
+    return runs
+
+
+def _check_positive(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's CPU generator (and ``device``'s, if CUDA) inside the block; the caller's state is restored."""
+    cuda = device.type == "cuda"
+    index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else None)
+    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+def _device(module: nn.Module) -> torch.device:
+    ref = next(module.parameters(), None)
+    return ref.device if ref is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def _network_probs(net: nn.Module, split: TensorSplit, batch_size: int) -> torch.Tensor:
+    """Softmax of a plain network's logits on ``split``, ``[N, K]`` float64 on the CPU (eval mode, restored)."""
+    ref = next(net.parameters(), None)
+    was_training = net.training
+    net.eval()
+    out = []
+    try:
+        for x, _ in split.batches(batch_size):
+            if ref is not None:
+                x = x.to(device=ref.device, dtype=ref.dtype if x.is_floating_point() else None)
+            out.append(torch.softmax(net(x).double(), dim=-1).cpu())
+    finally:
+        net.train(was_training)
+    return torch.cat(out)
+
+
+def _bayes_probs(runs: Sequence[RunArtifacts], split: TensorSplit, num_draws: int, batch_size: int, seed: int):
+    """Mean class probabilities of the dense Bayesian model on ``split`` (run ``i`` seeded ``seed + i``, as in
+    :func:`build_datatree`, so the gate draws are the test tree's), ``[N, K]`` float64 on the CPU."""
+    total = None
+    for i, run in enumerate(runs):
+        p = posterior_predictive_draws(run.gated, run.posterior, split, num_draws, batch_size, seed + i)["probs"]
+        p = p.double().sum(0).cpu()
+        total = p if total is None else total + p
+    return total / (num_draws * len(runs))
+
+
+def _finite(x: Any) -> Any:
+    """A JSON-safe copy: numpy/torch scalars to Python, non-finite floats to ``None``, tuples to lists."""
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _finite(x.tolist())
+    if isinstance(x, torch.Tensor):
+        return _finite(x.detach().cpu().tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, str):
+        return x
+    raise TypeError(f"cannot store a {type(x).__name__} in the JSON summary")
+
+
+def _alpha_key(alpha: float) -> str:
+    return f"{alpha:g}"
+
+
+# -- diagnose --------------------------------------------------------------------------------------------------
+
+
+def diagnose(
+    runs: Sequence[RunArtifacts],
+    data: DataSplits,
+    *,
+    num_draws: int = 100,
+    khat_draws: int = 500,
+    batch_size: int = 512,
+    seed: int = 0,
+    n_bins: int = 15,
+) -> Diagnostics:
+    """All reliability diagnostics of the runs (seeds) of one method on one architecture.
+
+    1. **Dense Bayesian model**: :func:`~pyroprune.diagnostics.datatree.build_datatree` of all runs on
+       ``data.test`` (``plan=None``; chains = runs, ``num_draws`` draws each, seeded ``seed + i``); its
+       probabilities are the mean over chains and draws, the per-draw probabilities give the mutual information.
+    2. **Pruned model**: the first run's pruned network (and, with >= 2 runs, the ensemble of all runs' pruned
+       networks); the deterministic dense network if ``runs[0].dense`` is given.
+    3. :func:`~pyroprune.diagnostics.metrics.compare_predictive` of dense Bayesian vs pruned (bootstrap seeded
+       with ``seed``).
+    4. :func:`~pyroprune.diagnostics.conformal.conformal_report` (APS), calibrated on ``data.val`` with the same
+       model's validation probabilities, evaluated on the test split, :data:`ALPHAS`, for dense Bayesian and
+       pruned.
+    5. Per structure (first run's posterior draws, chain 0 of the tree): the keep probability
+       :math:`P(\\theta > 2^{-8})` (see the module docstring; the value pooled over all runs too), the 94 % HDI
+       of :math:`\\theta` (``arviz.hdi``), the posterior mean, the first run's plan decision, with >= 2 runs the
+       share of runs whose plan keeps it, and the uncertain decisions.
+    6. PSIS :math:`\\hat k` of the first run's guide (its posterior if the guide is not a
+       :class:`~pyroprune.guides.TruncatedLogNormalGuide`) on ``data.train`` with ``khat_draws`` draws: the
+       steps of :func:`~pyroprune.diagnostics.approximation.khat_report`, called one by one so the log ratios
+       behind :math:`\\hat k` are kept for the figure; seeded with ``seed`` (the caller's random state is left
+       untouched). If the ratios cannot be computed (a posterior without densities) ``khat.available`` is false
+       with the reason.
+    7. With >= 2 runs :func:`~pyroprune.diagnostics.stability.stability_report` of the plans (on the rules'
+       scores; on the keep decisions if the scores are not finite); otherwise a note.
+
+    Every metric is computed on the CPU in float64 from probabilities gathered batch by batch, so the networks
+    may live on any device.
+
+    :param runs: the fitted runs, one per seed, with the same gate sites.
+    :param data: the data splits (``train`` for k-hat, ``val`` for conformal calibration, ``test`` for the rest).
+    :param num_draws: posterior draws per run for the predictive quantities.
+    :param khat_draws: draws of :math:`q` for the PSIS k-hat (>= 25; a few hundred for a stable fit).
+    :param batch_size: examples per forward pass.
+    :param seed: base seed of every random quantity.
+    :param n_bins: bins of the ECEs and the reliability diagram.
+    :returns: the :class:`Diagnostics`.
+    :raises ValueError: for empty ``runs``, runs with different gate sites (naming the run and site), or invalid
+        counts.
+    """
+    runs = _check_runs(runs)
+    _check_positive("num_draws", num_draws)
+    _check_positive("khat_draws", khat_draws, 25)
+    _check_positive("batch_size", batch_size)
+    _check_positive("n_bins", n_bins)
+    first = runs[0]
+    sites = first.gated.sites
+    labels = data.test.y.detach().cpu().long()
+    val_labels = data.val.y.detach().cpu().long()
+
+    # 1. dense Bayesian model
+    dt = build_datatree(
+        [(r.gated, r.posterior) for r in runs],
+        data.test,
+        method=first.method,
+        prior=first.gated.prior(sites[0]),
+        guide_name=first.posterior.guide_name or type(first.guide).__name__,
+        num_draws=num_draws,
+        batch_size=batch_size,
+        seed=seed,
+        extra_attrs={"seeds": [int(r.seed) for r in runs], "data_set": data.name},
+    )
+    draw_probs = torch.from_numpy(np.asarray(predictive_probabilities(dt).values))
+    draw_probs = draw_probs.reshape(-1, *draw_probs.shape[-2:])  # [chains * draws, N, K]
+    test_probs = {"dense_bayesian": draw_probs.mean(0, dtype=torch.float64)}
+    val_probs = {"dense_bayesian": _bayes_probs(runs, data.val, num_draws, batch_size, seed)}
+
+    # 2. pruned model(s) and the dense network
+    test_probs["pruned"] = _network_probs(first.pruned, data.test, batch_size)
+    val_probs["pruned"] = _network_probs(first.pruned, data.val, batch_size)
+    if len(runs) > 1:
+        test_probs["pruned_ensemble"] = torch.stack(
+            [test_probs["pruned"]] + [_network_probs(r.pruned, data.test, batch_size) for r in runs[1:]]
+        ).mean(0)
+    if first.dense is not None:
+        test_probs["dense_network"] = _network_probs(first.dense, data.test, batch_size)
+    order = [m for m in ("dense_network", "dense_bayesian", "pruned", "pruned_ensemble") if m in test_probs]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "misclassification AUROC is undefined", RuntimeWarning)
+        models = {
+            m: reliability_summary(test_probs[m], labels, draw_probs if m == "dense_bayesian" else None, n_bins=n_bins)
+            for m in order
+        }
+
+    # 3. dense Bayesian vs pruned, 4. conformal sets
+    comparison = compare_predictive(test_probs["dense_bayesian"], test_probs["pruned"], labels, seed=seed)
+    conformal = {
+        m: {
+            _alpha_key(a): v
+            for a, v in conformal_report(
+                val_probs[m], val_labels, test_probs[m], labels, alphas=ALPHAS, method="aps", seed=seed
+            ).items()
+        }
+        for m in ("dense_bayesian", "pruned")
+    }
+
+    # 5. per structure, 7. stability
+    plans = [r.plan for r in runs]
+    stability: dict[str, Any]
+    if len(runs) > 1:
+        try:
+            stability = stability_report(plans)
+            stability["scores_used"] = True
+        except ValueError as e:  # non-finite scores: compare the decisions only
+            stability = stability_report(plans, scores=False)
+            stability["scores_used"] = False
+            stability["note"] = f"rule scores not comparable ({e}); variance share computed on keep decisions"
+        stability["available"] = True
+    else:
+        stability = {"available": False, "note": _STABILITY_NOTE}
+    structures, struct_arrays = _structures(dt, runs, stability)
+
+    # 6. PSIS k-hat
+    khat, log_weights = _khat(first, data.train, khat_draws, batch_size, seed)
+
+    masked = {
+        f"seed {r.seed}": {name: int((~m).sum()) for name, m in r.gated.masks.items() if int((~m).sum())} for r in runs
+    }
+    setup = {
+        "method": first.method,
+        "methods": sorted({r.method for r in runs}),
+        "seeds": [int(r.seed) for r in runs],
+        "num_runs": len(runs),
+        "data_set": data.name,
+        "num_classes": int(data.num_classes),
+        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "num_draws_per_run": int(num_draws),
+        "khat_draws": int(khat_draws),
+        "seed": int(seed),
+        "n_bins": int(n_bins),
+        "guide": dt.attrs.get("guide_name", ""),
+        "prior": dt.attrs.get("prior", ""),
+        "gate_sites": [{"name": s.name, "size": s.size, "kind": s.kind} for s in sites],
+        "kept": {f"seed {r.seed}": r.plan.kept_string() for r in runs},
+        "masked_structures": masked,
+        "active_threshold": ACTIVE_THRESHOLD,
+        "versions": {k: dt.attrs.get(k, "") for k in ("pyroprune_version", "torch_version", "arviz_version")},
+    }
+    summary = _finite(
+        {
+            "setup": setup,
+            "models": models,
+            "comparison": comparison,
+            "conformal": conformal,
+            "structures": structures,
+            "khat": khat,
+            "stability": stability,
+        }
+    )
+    arrays: dict[str, Any] = {
+        "labels": labels.numpy(),
+        "probs": {m: p.numpy() for m, p in test_probs.items()},
+        "reliability": {
+            m: {k: v.numpy() for k, v in reliability_diagram_data(p, labels, n_bins).items()}
+            for m, p in test_probs.items()
+        },
+        "accuracy_coverage": {
+            m: tuple(t.numpy() for t in accuracy_coverage_curve(p, labels)) for m, p in test_probs.items()
+        },
+        "log_weights": log_weights,
+        **struct_arrays,
+    }
+    return Diagnostics(summary, dt, arrays)
+
+
+def _structures(dt: xr.DataTree, runs: Sequence[RunArtifacts], stability: dict) -> tuple[dict, dict]:
+    """Per-structure keep probabilities, HDIs, decisions and uncertain decisions (see :func:`diagnose`)."""
+    import arviz as az
+
+    first = runs[0]
+    posterior = dt["posterior"]
+    hdi = az.hdi(dt, prob=HDI_PROB, group="posterior", coords={"chain": [0]})
+    low, high = UNCERTAIN_RANGE
+    out: dict[str, Any] = {}
+    arrays: dict[str, dict] = {"active_share": {}, "theta": {}, "plan_keep": {}, "plan_kept_share": {}}
+    total_uncertain = total = 0
+    for site in first.gated.sites:
+        theta = np.asarray(posterior[site.name].values, dtype=np.float64)  # [chain, draw, C]
+        active = theta > ACTIVE_THRESHOLD
+        keep_prob = active[0].mean(0)
+        plan_site = first.plan[site.name]
+        keep = np.asarray(plan_site.keep, dtype=bool)
+        bounds = hdi[site.name]
+        hdi_low = np.asarray(bounds.sel(ci_bound="lower").values, dtype=np.float64)
+        hdi_high = np.asarray(bounds.sel(ci_bound="upper").values, dtype=np.float64)
+        mean = theta[0].mean(0)
+        uncertain = []
+        for c in range(site.size):
+            reasons = []
+            if low <= keep_prob[c] <= high:
+                reasons.append(f"keep probability in [{low}, {high}]")
+            if keep[c] != (keep_prob[c] > 0.5):
+                reasons.append(
+                    "plan keeps it, keep probability <= 0.5" if keep[c] else "plan prunes it, keep probability > 0.5"
+                )
+            if reasons:
+                uncertain.append(
+                    {
+                        "index": c,
+                        "keep_probability": float(keep_prob[c]),
+                        "plan_keep": bool(keep[c]),
+                        "posterior_mean": float(mean[c]),
+                        "hdi": [float(hdi_low[c]), float(hdi_high[c])],
+                        "reasons": reasons,
+                    }
+                )
+        entry: dict[str, Any] = {
+            "size": site.size,
+            "kind": site.kind,
+            "kept": int(keep.sum()),
+            "plan_keep": keep.tolist(),
+            "plan_forced": list(plan_site.forced),
+            "keep_probability": keep_prob.tolist(),
+            "keep_probability_all_runs": active.reshape(-1, site.size).mean(0).tolist(),
+            "posterior_mean": mean.tolist(),
+            "hdi_prob": HDI_PROB,
+            "hdi_low": hdi_low.tolist(),
+            "hdi_high": hdi_high.tolist(),
+            "uncertain": uncertain,
+            "num_uncertain": len(uncertain),
+        }
+        if stability.get("available"):
+            entry["run_keep_share"] = stability["sites"][site.name]["keep_frequency"]
+        out[site.name] = entry
+        total += site.size
+        total_uncertain += len(uncertain)
+        arrays["active_share"][site.name] = active.mean(-1)
+        arrays["theta"][site.name] = theta[0]
+        arrays["plan_keep"][site.name] = keep
+        arrays["plan_kept_share"][site.name] = np.array([r.plan[site.name].kept / site.size for r in runs])
+    summary = {
+        "sites": out,
+        "total": {
+            "structures": total,
+            "kept": sum(v["kept"] for v in out.values()),
+            "num_uncertain": total_uncertain,
+        },
+        "active_threshold": ACTIVE_THRESHOLD,
+        "uncertain_range": list(UNCERTAIN_RANGE),
+        "keep_probability_definition": (
+            "share of the first run's posterior draws with theta > 2^-8 (the upper end of BMRS_U-8's reduced "
+            "region); rule-agnostic proxy for the posterior's preference to keep the structure"
+        ),
+    }
+    return summary, arrays
+
+
+def _khat(
+    run: RunArtifacts, train: TensorSplit, num_draws: int, batch_size: int, seed: int
+) -> tuple[dict, np.ndarray | None]:
+    """PSIS k-hat of the first run's variational posterior and the log ratios (``None`` if unavailable)."""
+    q = run.guide if isinstance(run.guide, TruncatedLogNormalGuide) else run.posterior
+    try:
+        with _seeded(seed, _device(run.gated)):
+            log_w = log_importance_ratios(run.gated, q, train, num_draws=num_draws, batch_size=batch_size)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            k = pareto_khat(log_w)
+    except ValueError as e:
+        return {"available": False, "reason": str(e), "num_draws": num_draws}, None
+    return {
+        "available": True,
+        "khat": k,
+        "interpretation": interpret_khat(k),
+        "num_draws": int(log_w.shape[0]),
+        "ess_of_weights": importance_ess(log_w),
+        "ess_note": "importance-sampling efficiency (sum w)^2 / sum w^2 of q as a proposal, not an MCMC ESS",
+        "threshold_good": KHAT_GOOD,
+        "threshold_bad": KHAT_BAD,
+        "proposal": type(q).__name__,
+        "warnings": sorted({str(w.message) for w in caught}),
+    }, log_w.detach().to("cpu", torch.float64).numpy()
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+
+_COLORS = {"dense_network": "#7f7f7f", "dense_bayesian": "#1f77b4", "pruned": "#d62728", "pruned_ensemble": "#ff7f0e"}
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (Agg canvas; the figure is cleared afterwards, it never touches pyplot)."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        fig.clear()
+    return buf.getvalue()
+
+
+def _reliability_figure(d: Diagnostics) -> bytes:
+    models = [m for m in ("dense_bayesian", "pruned") if m in d.arrays["reliability"]]
+    fig = _new_figure(7.0, 6.5)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], ls="--", color="black", lw=1, label="perfect calibration")
+    width = 1.0 / d.summary["setup"]["n_bins"] / (len(models) + 0.5)
+    for j, m in enumerate(models):
+        r = d.arrays["reliability"][m]
+        nonempty = r["count"] > 0
+        ece = d.summary["models"][m]["ece"]
+        label = f"{_MODEL_LABELS[m]} (ECE {_fmt(ece, 3)})"
+        top.plot(r["confidence"][nonempty], r["accuracy"][nonempty], "o-", color=_COLORS[m], label=label)
+        bottom.bar(
+            r["bin_lower"] + (j + 0.25) * width,
+            r["count"],
+            width=width,
+            align="edge",
+            color=_COLORS[m],
+            label=_MODEL_LABELS[m],
+        )
+    n = len(d.arrays["labels"])
+    top.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        ylabel="accuracy in bin (fraction correct)",
+        title=f"Reliability diagram, test split (N = {n}, {d.summary['setup']['n_bins']} equal-width bins)",
+    )
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left")
+    bottom.set(xlabel="confidence = max class probability", ylabel="examples per bin (count)")
+    bottom.legend(loc="upper right", fontsize="small")
+    bottom.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def _accuracy_coverage_figure(d: Diagnostics) -> bytes:
+    fig = _new_figure(7.0, 4.8)
+    ax = fig.subplots()
+    for m in ("dense_bayesian", "pruned"):
+        cov, acc = d.arrays["accuracy_coverage"][m]
+        area = d.summary["models"][m]["area_under_accuracy_coverage"]
+        ax.plot(cov, acc, color=_COLORS[m], lw=2, label=f"{_MODEL_LABELS[m]} (area {_fmt(area, 4)})")
+    ax.set(
+        xlim=(0, 1),
+        xlabel="coverage (fraction of test examples kept, most confident first)",
+        ylabel="accuracy on kept examples (fraction)",
+        title="Selective prediction: accuracy vs coverage (test split)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    return _png(fig)
+
+
+def _forest_figure(d: Diagnostics) -> bytes:
+    sites = list(d.arrays["active_share"])
+    seeds = d.summary["setup"]["seeds"]
+    fig = _new_figure(7.5, 1.2 + 0.9 * len(sites) * max(1, min(len(seeds), 4)) ** 0.5)
+    ax = fig.subplots()
+    colors = [f"C{i % 10}" for i in range(len(seeds))]
+    step = 0.7 / max(len(seeds), 1)
+    for row, name in enumerate(sites):
+        share = d.arrays["active_share"][name]  # [chain, draw]
+        for c in range(share.shape[0]):
+            y = row + 0.35 - (c + 0.5) * step
+            s = share[c]
+            lo94, lo50, hi50, hi94 = np.quantile(s, [0.03, 0.25, 0.75, 0.97])
+            kw = {"label": f"seed {seeds[c]}: posterior mean, 50 % / 94 % intervals"} if row == 0 else {}
+            ax.plot([lo94, hi94], [y, y], color=colors[c], lw=1.2)
+            ax.plot([lo50, hi50], [y, y], color=colors[c], lw=4, solid_capstyle="butt")
+            ax.plot([s.mean()], [y], "o", color=colors[c], ms=6, mec="white", **kw)
+            kw = {"label": f"seed {seeds[c]}: share kept by the plan"} if row == 0 else {}
+            plan_share = d.arrays["plan_kept_share"][name][c]
+            ax.plot([plan_share], [y + 0.3 * step], "^", color=colors[c], mec="black", mew=0.6, ms=8, **kw)
+    info = {s["name"]: s for s in d.summary["setup"]["gate_sites"]}
+    ax.set_yticks(range(len(sites)), [f"{n}\n({info[n]['size']} {info[n]['kind']}s)" for n in sites])
+    ax.set_ylim(len(sites) - 0.5, -0.5)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set(
+        xlabel=r"share of the layer's structures with an active gate, $\theta > 2^{-8}$ (fraction)",
+        ylabel="gate site (layer)",
+        title="Per-layer keep probability: share of active gates per posterior draw",
+    )
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(seeds), 2), fontsize="small")
+    return _png(fig)
+
+
+def _gate_figure(d: Diagnostics) -> bytes:
+    sites = list(d.arrays["theta"])
+    ncols = min(len(sites), 3)
+    nrows = math.ceil(len(sites) / ncols)
+    fig = _new_figure(4.6 * ncols, 3.8 * nrows + 0.4)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    threshold = math.log10(ACTIVE_THRESHOLD)
+    for ax, name in zip(axes, sites, strict=False):
+        log_theta = np.log10(np.clip(d.arrays["theta"][name], 1e-30, None))
+        keep = d.arrays["plan_keep"][name]
+        lo = min(float(log_theta.min()), threshold) - 0.2
+        hi = max(float(log_theta.max()), 0.0) + 0.05
+        bins = np.linspace(lo, hi, 40)
+        for mask, label, color in ((keep, "kept", "#1f77b4"), (~keep, "pruned", "#d62728")):
+            n = int(mask.sum())
+            if n:
+                plural = "s" if n > 1 else ""
+                values = log_theta[:, mask].ravel()
+                label = f"{label} by the plan ({n} structure{plural})"
+                ax.hist(values, bins=bins, density=True, alpha=0.55, color=color, label=label)
+            else:
+                ax.plot([], [], color=color, lw=6, alpha=0.55, label=f"{label} by the plan (none)")
+        ax.axvline(threshold, color="black", ls="--", lw=1, label=r"activity threshold $\theta = 2^{-8}$")
+        ax.set(
+            xlabel=r"$\log_{10}\,\theta$ (gate value, dimensionless)",
+            ylabel="density of posterior draws (per decade)",
+            title=f"{name}: {int(keep.sum())}/{keep.size} kept",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+    for ax in axes[len(sites) :]:
+        ax.set_visible(False)
+    seed = d.summary["setup"]["seeds"][0]
+    fig.suptitle(f"Gate posteriors of seed {seed}: " + r"$\log_{10}\,\theta$ draws, kept vs pruned")
+    return _png(fig)
+
+
+def _khat_figure(d: Diagnostics) -> bytes:
+    kh = d.summary["khat"]
+    fig = _new_figure(7.5, 6.0)
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1])
+    log_w = d.arrays.get("log_weights")
+    if log_w is None or not kh.get("available"):
+        top.text(0.5, 0.5, f"k-hat unavailable:\n{kh.get('reason', '')}", ha="center", va="center", wrap=True)
+        top.plot([], [], label="no importance weights")
+        top.set(xlabel="rank of the weight (largest first)", ylabel="normalised importance weight")
+        top.legend()
+    else:
+        finite = log_w[np.isfinite(log_w)]
+        w = np.exp(log_w - finite.max())
+        w = np.sort(w / w.sum())[::-1]
+        s = w.size
+        rank = np.arange(1, s + 1)
+        top.loglog(rank, np.clip(w, 1e-300, None), ".-", color="#1f77b4", label=f"sorted weights (S = {s} draws of q)")
+        top.axhline(1.0 / s, color="black", ls="--", lw=1, label="1/S: equal weights (q = posterior)")
+        tail = max(int(3 * math.sqrt(s)) if s > 225 else s // 5, 1)
+        top.axvspan(1, tail, color="#ff7f0e", alpha=0.12, label=f"Pareto-fitted tail ({tail} largest)")
+        top.set(
+            xlabel="rank of the weight (1 = largest)",
+            ylabel="normalised importance weight w / Σw",
+            title="PSIS diagnostic of the variational posterior (first run)",
+        )
+        top.grid(alpha=0.3, which="both")
+        top.legend(loc="lower left", fontsize="small")
+        top.text(
+            0.98,
+            0.95,
+            r"$\hat{k}$" + f" = {_fmt(kh.get('khat'), 2)}\n"
+            f"importance-sampling ESS = {_fmt(kh.get('ess_of_weights'), 1)} of {s}",
+            transform=top.transAxes,
+            ha="right",
+            va="top",
+            bbox={"boxstyle": "round", "fc": "white", "alpha": 0.9},
+        )
+    k = kh.get("khat") if kh.get("available") else None
+    kmin = min(-0.2, (k - 0.1) if k is not None else 0.0)
+    kmax = max(1.2, (k + 0.1) if k is not None else 0.0)
+    bottom.axvspan(kmin, KHAT_GOOD, color="#2ca02c", alpha=0.3, label=f"reliable (< {KHAT_GOOD})")
+    bottom.axvspan(KHAT_GOOD, KHAT_BAD, color="#ff7f0e", alpha=0.3, label=f"usable with care ({KHAT_GOOD}-{KHAT_BAD})")
+    bottom.axvspan(KHAT_BAD, kmax, color="#d62728", alpha=0.3, label=f"unreliable (> {KHAT_BAD})")
+    if k is not None:
+        bottom.plot([k], [0.5], "kv", ms=12, label=r"$\hat{k}$" + f" = {k:.2f}")
+    elif kh.get("available"):  # -inf: constant ratios
+        bottom.annotate(r"$\hat{k} = -\infty$ (q = posterior)", (kmin, 0.5), xytext=(kmin + 0.05, 0.5), va="center")
+    bottom.set(xlim=(kmin, kmax), ylim=(0, 1), yticks=[], xlabel=r"Pareto shape $\hat{k}$ (dimensionless)")
+    bottom.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    return _png(fig)
+
+
+def _render_figures(d: Diagnostics) -> dict[str, bytes]:
+    return {
+        "reliability_diagram.png": _reliability_figure(d),
+        "keep_probability_forest.png": _forest_figure(d),
+        "gate_posteriors.png": _gate_figure(d),
+        "accuracy_coverage.png": _accuracy_coverage_figure(d),
+        "khat.png": _khat_figure(d),
+    }
+
+
+# -- report.md -------------------------------------------------------------------------------------------------
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+_TABLE_ROWS = (
+    ("accuracy", "Accuracy ↑"),
+    ("nll", "NLL (nats) ↓"),
+    ("brier", "Brier ↓"),
+    ("ece", "ECE ↓"),
+    ("adaptive_ece", "Adaptive ECE ↓"),
+    ("mean_entropy", "Mean predictive entropy (nats)"),
+    ("mean_mutual_information", "Mutual information (nats, Bayesian only)"),
+    ("misclassification_auroc", "Misclassification AUROC ↑"),
+    ("area_under_accuracy_coverage", "Area under accuracy–coverage ↑"),
+)
+
+
+def _markdown(d: Diagnostics, max_uncertain: int) -> str:
+    s = d.summary
+    setup = s["setup"]
+    lines = [f"# Reliability report: {setup['method']}", ""]
+    lines += [f"## {SECTIONS[0]}", ""]
+    sizes = setup["sizes"]
+    lines += [
+        f"- Method: `{setup['method']}`; guide `{setup['guide']}`; prior `{setup['prior']}`",
+        f"- Seeds (runs = ArviZ chains): {', '.join(str(x) for x in setup['seeds'])}",
+        f"- Data set: `{setup['data_set']}` ({setup['num_classes']} classes); train {sizes['train']}, "
+        f"validation {sizes['val']}, test {sizes['test']} examples",
+        "- Gate sites: " + ", ".join(f"`{g['name']}` ({g['size']} {g['kind']}s)" for g in setup["gate_sites"]),
+        "- Kept structures per layer: " + "; ".join(f"{k}: {v}" for k, v in setup["kept"].items()),
+        f"- Posterior draws: {setup['num_draws_per_run']} per run; PSIS draws: {setup['khat_draws']}; "
+        f"base seed {setup['seed']}",
+    ]
+    masked = {k: v for k, v in setup["masked_structures"].items() if v}
+    if masked:
+        lines.append(
+            "- Gates fixed at zero during training (continuous schedule), also zero in the dense Bayesian model: "
+            + "; ".join(f"{k}: " + ", ".join(f"`{n}` {c}" for n, c in v.items()) for k, v in masked.items())
+        )
+    lines.append("")
+
+    models = list(s["models"])
+    lines += [f"## {SECTIONS[1]}", ""]
+    lines.append(f"Test split, {sizes['test']} examples; ↑ higher is better, ↓ lower is better.")
+    lines.append("")
+    lines.append("| Metric | " + " | ".join(_MODEL_LABELS[m] for m in models) + " |")
+    lines.append("|---|" + "---:|" * len(models))
+    for key, label in _TABLE_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_fmt(s["models"][m].get(key)) for m in models) + " |")
+    lines += [
+        "",
+        "Dense Bayesian: mean of the class probabilities over every posterior draw of every run. Pruned: the "
+        "first run's pruned, fine-tuned network"
+        + (" (pruned ensemble: mean over the runs' pruned networks)." if "pruned_ensemble" in models else "."),
+        "",
+    ]
+
+    c = s["comparison"]
+    lines += [f"## {SECTIONS[2]}", ""]
+    lines += [
+        "| Quantity | Value |",
+        "|---|---:|",
+        f"| Agreement of the predicted classes | {_fmt(c['agreement'])} |",
+        f"| Mean KL(dense Bayesian ‖ pruned) (nats) | {_fmt(c['mean_kl'])} |",
+        f"| Mean Jensen–Shannon divergence (nats) | {_fmt(c['mean_js'])} |",
+        f"| Accuracy difference, pruned − dense Bayesian | {_fmt(c['accuracy_difference'])} "
+        f"(95 % bootstrap interval [{_fmt(c['accuracy_difference_low'])}, {_fmt(c['accuracy_difference_high'])}]) |",
+        "",
+    ]
+
+    lines += [f"## {SECTIONS[3]}", ""]
+    lines.append(
+        "Split-conformal APS sets, calibrated on the validation split with each model's own probabilities, "
+        "evaluated on the test split."
+    )
+    lines += ["", "| Model | Target coverage | Coverage | Mean set size |", "|---|---:|---:|---:|"]
+    for m, per_alpha in s["conformal"].items():
+        for v in per_alpha.values():
+            lines.append(
+                f"| {_MODEL_LABELS[m]} | {_fmt(v['target_coverage'], 2)} | {_fmt(v['coverage'])} | "
+                f"{_fmt(v['mean_set_size'], 3)} |"
+            )
+    lines.append("")
+
+    kh = s["khat"]
+    lines += [f"## {SECTIONS[4]}", ""]
+    if kh.get("available"):
+        k = kh["khat"]
+        lines += [
+            f"- Pareto k̂ = **{_fmt(k, 3) if k is not None else '-inf'}** ({kh['num_draws']} draws of q, first run, "
+            "training split): " + kh["interpretation"] + ".",
+            f"- Thresholds: k̂ < {kh['threshold_good']} reliable, ≤ {kh['threshold_bad']} usable with care, "
+            "above unreliable (Yao et al. 2018; Vehtari et al. 2024).",
+            f"- Importance-sampling ESS of the normalised weights: {_fmt(kh['ess_of_weights'], 1)} of "
+            f"{kh['num_draws']}. This is the efficiency of q as an importance-sampling proposal, "
+            "(Σw)²/Σw², **not** an MCMC effective sample size.",
+        ]
+        if kh.get("warnings"):
+            lines.append("- Warnings of the Pareto fit: " + "; ".join(kh["warnings"]))
+    else:
+        lines.append(f"k̂ could not be computed: {kh.get('reason', '')}")
+    lines.append("")
+
+    st = s["structures"]
+    lines += [f"## {SECTIONS[5]}", ""]
+    lo, hi = st["uncertain_range"]
+    total = st["total"]
+    lines += [
+        f"Keep probability: share of the first run's posterior draws in which the gate is active, θ > 2⁻⁸ (the "
+        "upper end of BMRS_U-8's reduced region), a rule-agnostic proxy. A decision is uncertain if the keep "
+        f"probability lies in [{lo}, {hi}] or the plan disagrees with keep probability > 0.5. HDIs are "
+        f"{int(round(100 * HDI_PROB))} % highest density intervals of θ.",
+        "",
+        f"**{total['num_uncertain']} uncertain of {total['structures']} structures** "
+        f"({total['kept']} kept by the first run's plan).",
+        "",
+    ]
+    shown = 0
+    for name, site in st["sites"].items():
+        lines.append(f"- `{name}`: {site['num_uncertain']} uncertain of {site['size']} ({site['kept']} kept)")
+        for u in site["uncertain"]:
+            if shown >= max_uncertain:
+                break
+            shown += 1
+            decision = "keep" if u["plan_keep"] else "prune"
+            lines.append(
+                f"  - {site['kind']} {u['index']}: keep probability {_fmt(u['keep_probability'], 2)}, "
+                f"plan: {decision}, E[θ] = {_fmt(u['posterior_mean'], 4)}, "
+                f"HDI [{u['hdi'][0]:.2e}, {u['hdi'][1]:.2e}]; " + "; ".join(u["reasons"])
+            )
+    if total["num_uncertain"] > shown:
+        lines.append(f"- ... {total['num_uncertain'] - shown} more (all listed in `diagnostics.json`)")
+    lines.append("")
+
+    stab = s["stability"]
+    lines += [f"## {SECTIONS[6]}", ""]
+    if stab.get("available"):
+        t = stab["total"]
+        lines += [
+            f"{stab['num_runs']} runs. Mean Jaccard index of the kept sets: {_fmt(t['jaccard_mean'], 3)}; "
+            f"{t['num_flipping']} of {t['structures']} structures flip between seeds "
+            f"({_fmt(100 * t['flip_fraction'], 1)} %).",
+            "",
+            "| Site | Kept per run | Jaccard mean | Jaccard min | Flipping | Between-run variance share |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for name, v in stab["sites"].items():
+            lines.append(
+                f"| `{name}` | {', '.join(str(k) for k in v['kept'])} | {_fmt(v['jaccard_mean'], 3)} | "
+                f"{_fmt(v['jaccard_min'], 3)} | {v['num_flipping']} | {_fmt(v['between_run_variance_share'], 3)} |"
+            )
+        if stab.get("note"):
+            lines += ["", stab["note"]]
+    else:
+        lines.append(f"Not computed: {stab['note']}.")
+    lines += [
+        "",
+        "The posterior draws are independent samples of a variational distribution, not Markov chains, and the "
+        "chains are independent fits with different seeds; R-hat and MCMC effective sample sizes would be "
+        "meaningless and are not shown.",
+        "",
+    ]
+
+    captions = {
+        "reliability_diagram.png": "Reliability diagram: accuracy vs confidence per bin, with bin counts.",
+        "keep_probability_forest.png": "Per-layer share of active gates (θ > 2⁻⁸) per posterior draw, per seed.",
+        "gate_posteriors.png": "Posterior draws of log₁₀ θ per layer, kept vs pruned structures.",
+        "accuracy_coverage.png": "Accuracy vs coverage when abstaining on the least confident examples.",
+        "khat.png": "Sorted normalised importance weights and the PSIS k̂.",
+    }
+    lines += [f"## {SECTIONS[7]}", ""]
+    for name in FIGURES:
+        lines += [f"![{captions[name]}](figures/{name})", "", f"*{captions[name]}*", ""]
+    return "\n".join(lines)
+
+
+# -- write_report ----------------------------------------------------------------------------------------------
+
+
+def write_report(
+    diagnostics_or_runs: Diagnostics | Sequence[RunArtifacts],
+    data: DataSplits | None,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    num_draws: int = 100,
+    khat_draws: int = 500,
+    batch_size: int = 512,
+    seed: int = 0,
+    max_uncertain: int = 50,
+) -> dict[str, Path]:
+    """Write the reliability report into ``out_dir`` (created if needed); see the module docstring for the files.
+
+    Everything is computed and rendered in memory first; then, unless ``force``, nothing is written if any of
+    the files exists. Every file is written atomically (a temporary file in the same folder, then
+    :func:`os.replace`). Figures are drawn on matplotlib's Agg canvas without pyplot (no global state).
+
+    :param diagnostics_or_runs: a :class:`Diagnostics` from :func:`diagnose`, or the runs to diagnose (with
+        ``data`` and the keyword arguments of :func:`diagnose`).
+    :param data: the data splits; only needed when runs are given.
+    :param out_dir: the output folder.
+    :param force: overwrite existing files.
+    :param max_uncertain: at most this many uncertain decisions are listed in ``report.md`` (all are in the JSON).
+    :returns: the written files, relative name (``"report.md"``, ``"figures/khat.png"``...) -> path.
+    :raises FileExistsError: naming the first existing file, if not ``force`` (nothing is written).
+    :raises ValueError: for empty runs or runs with different gate sites, or runs without ``data``.
+    """
+    if isinstance(diagnostics_or_runs, Diagnostics):
+        diagnostics = diagnostics_or_runs
+    else:
+        if data is None:
+            raise ValueError("data is required when write_report is given runs instead of Diagnostics")
+        diagnostics = diagnose(
+            diagnostics_or_runs, data, num_draws=num_draws, khat_draws=khat_draws, batch_size=batch_size, seed=seed
+        )
+    out = Path(out_dir)
+    targets = {name: out / name for name in ("report.md", "diagnostics.json", "posterior.nc")}
+    targets.update({f"figures/{name}": out / "figures" / name for name in FIGURES})
+    if not force:
+        for path in targets.values():
+            if path.exists():
+                raise FileExistsError(f"{path} exists; pass force=True to overwrite it")
+    figures = _render_figures(diagnostics)
+    text = _markdown(diagnostics, max_uncertain)
+    summary_json = json.dumps(diagnostics.summary, indent=1, allow_nan=False, ensure_ascii=False)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for name, png in figures.items():
+        write_atomic(targets[f"figures/{name}"], png)
+    save_datatree(diagnostics.datatree, targets["posterior.nc"], force=force)
+    atomic_write_text(targets["diagnostics.json"], summary_json + "\n")
+    atomic_write_text(targets["report.md"], text)
+    return targets
