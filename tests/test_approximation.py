@@ -209,3 +209,28 @@ def test_sample_only_posterior_is_refused(fitted):
         log_importance_ratios(gated, object(), train, num_draws=16)
     with pytest.raises(ValueError, match="num_draws"):
         log_importance_ratios(gated, guide, train, num_draws=0)
+
+
+def test_approximate_loo_on_the_datatree_draws():
+    import math
+
+    from pyroprune.data import load_digits
+    from pyroprune.diagnostics.approximation import approximate_loo
+    from pyroprune.diagnostics.datatree import build_datatree
+    from pyroprune.gates import GatedNet
+    from pyroprune.guides import TruncatedLogNormalGuide
+    from pyroprune.infer import fit_svi
+    from pyroprune.models import BMRSMLP
+    from pyroprune.posterior import posterior_from_guide
+
+    torch.manual_seed(0)
+    data = load_digits()
+    gated = GatedNet(BMRSMLP(in_features=64, hidden=8, depth=2), data.train.x[:2], num_data=len(data.train))
+    guide = TruncatedLogNormalGuide(gated)
+    fit_svi(gated, guide, data.train, epochs=2, progress=False, seed=0)
+    post = posterior_from_guide(guide, gated)
+    dt = build_datatree([(gated, post)], data.test, method="x", prior="p", guide_name="g", num_draws=30)
+    elpd = approximate_loo(dt, [(gated, post)], data.train)
+    assert math.isfinite(float(elpd.elpd))
+    with pytest.raises(ValueError, match="chains"):
+        approximate_loo(dt, [(gated, post), (gated, post)], data.train)

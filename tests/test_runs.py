@@ -67,9 +67,10 @@ def test_report_command_rebuilds_and_refuses_to_overwrite(run_dir, tmp_path, cap
     assert err.startswith("pyroprune: error:") and "\n" not in err and "report" in err
     assert (run_dir / "report" / "report.md").read_bytes() == before
     out = tmp_path / "rep"
-    assert main(["report", str(run_dir), "--out", str(out), "--draws", "20"]) == 0
+    assert main(["report", str(run_dir), "--out", str(out), "--draws", "30"]) == 0
     text = (out / "report.md").read_text()
     assert "PSIS" in text and "figures/reliability_diagram.png" in text
+    assert "loo_approximate_posterior" in text and "elpd = " in text
     for fig in ("reliability_diagram", "keep_probability_forest", "gate_posteriors", "accuracy_coverage", "khat"):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -357,3 +357,46 @@ def khat_report(
         "num_draws": int(log_w.shape[0]),
         "ess_of_weights": importance_ess(log_w),
     }
+
+
+@torch.no_grad()
+def approximate_loo(dt, runs, train: TensorSplit, batch_size: int = 256):
+    r"""PSIS-LOO of the DataTree's ``log_likelihood`` corrected for the variational approximation.
+
+    ArviZ's ``loo_approximate_posterior`` (Magnusson et al. 2019) needs, for every posterior draw of the
+    DataTree, the target log density :math:`\log p(D, \theta^{(s)})` (:func:`log_joint` on the training split) and
+    the proposal log density :math:`\log q(\theta^{(s)}) = \sum_j \log q_x(\log\theta_j) - \log\theta_j`. The draws
+    are read back from the DataTree's ``posterior`` group, so both densities belong to exactly the draws the
+    pointwise log-likelihood was computed for.
+
+    :param dt: a DataTree from :func:`~pyroprune.diagnostics.datatree.build_datatree`.
+    :param runs: the ``(gated, posterior)`` pairs it was built from, one per chain (posteriors with marginals).
+    :returns: ArviZ's ELPD object.
+    """
+    import arviz as az
+    import xarray as xr
+
+    num_chains = dt.posterior.sizes["chain"]
+    if len(runs) != num_chains:
+        raise ValueError(f"runs has {len(runs)} entries but the DataTree has {num_chains} chains")
+    log_p, log_q = [], []
+    for c, (gated, posterior) in enumerate(runs):
+        ref = _net_reference(gated)
+        gates, lq = {}, None
+        for site in gated.sites:
+            if site.name not in posterior.marginals:
+                raise ValueError(f"approximate LOO needs the posterior density of site {site.name!r}")
+            theta = torch.as_tensor(dt.posterior[site.name].isel(chain=c).values)
+            if ref is not None:
+                theta = theta.to(device=ref.device, dtype=ref.dtype)
+            x = theta.log()
+            d = posterior.marginals[site.name]
+            term = (d.log_prob(x.to(d.loc.dtype)) - x.to(d.loc.dtype)).sum(-1)
+            lq = term if lq is None else lq + term
+            gates[site.name] = theta
+        log_p.append(log_joint(gated, gates, train, batch_size).double().cpu())
+        log_q.append(lq.double().cpu())
+    dims = ("chain", "draw")
+    lp = xr.DataArray(torch.stack(log_p).numpy(), dims=dims)
+    lqa = xr.DataArray(torch.stack(log_q).numpy(), dims=dims)
+    return az.loo_approximate_posterior(dt, log_p=lp, log_q=lqa)

@@ -402,6 +402,7 @@ def diagnose(
         "active_threshold": ACTIVE_THRESHOLD,
         "versions": {k: dt.attrs.get(k, "") for k in ("pyroprune_version", "torch_version", "arviz_version")},
     }
+    khat["approximate_loo"] = _approximate_loo(dt, runs, data.train, batch_size)
     summary = _finite(
         {
             "setup": setup,
@@ -509,6 +510,19 @@ def _structures(dt: xr.DataTree, runs: Sequence[RunArtifacts], stability: dict) 
         ),
     }
     return summary, arrays
+
+
+def _approximate_loo(dt, runs: Sequence[RunArtifacts], train: TensorSplit, batch_size: int) -> dict:
+    """ArviZ's ``loo_approximate_posterior`` on the report's DataTree, where every run has posterior densities."""
+    from .approximation import approximate_loo
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            elpd = approximate_loo(dt, [(r.gated, r.posterior) for r in runs], train, batch_size)
+    except ValueError as e:
+        return {"available": False, "reason": str(e)}
+    return {"available": True, "elpd": float(elpd.elpd), "se": float(elpd.se), "p": float(elpd.p)}
 
 
 def _khat(
@@ -854,6 +868,15 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
         ]
         if kh.get("warnings"):
             lines.append("- Warnings of the Pareto fit: " + "; ".join(kh["warnings"]))
+        loo = kh.get("approximate_loo") or {}
+        if loo.get("available"):
+            lines.append(
+                f"- PSIS-LOO corrected for the approximation (ArviZ `loo_approximate_posterior`, test examples, the "
+                f"report's posterior draws): elpd = {_fmt(loo['elpd'], 1)} ± {_fmt(loo['se'], 1)}, "
+                f"p_loo = {_fmt(loo['p'], 1)}."
+            )
+        elif loo:
+            lines.append(f"- Approximate-posterior LOO not available: {loo.get('reason', '')}")
     else:
         lines.append(f"k̂ could not be computed: {kh.get('reason', '')}")
     lines.append("")
