@@ -13,11 +13,13 @@ from .infer import train_plain
 from .models import build_model
 from .pipeline import PruneConfig, PruneResult, network_metrics, prune_network
 
-__all__ = ["DEMO_ARCH", "DEMO_METHODS", "train_dense", "prune_and_measure"]
+__all__ = ["DEMO_ARCH", "DEMO_METHODS", "DEMO_SPLIT_SEED", "train_dense", "prune_and_measure"]
 
 #: The architecture of the demo: the BMRS MLP (6 tanh layers of 50 units) on 8x8 digits.
 DEMO_ARCH = {"name": "bmrs-mlp", "kwargs": {"in_features": 64, "hidden": 50, "depth": 6, "num_classes": 10}}
 DEMO_METHODS = ("bmrs-n", "bmrs-u8", "bmrs-u4", "snr")
+#: The demo's train/validation/test split does not change with ``--seed`` (which seeds training only).
+DEMO_SPLIT_SEED = 0
 
 
 def train_dense(data: DataSplits, *, epochs: int, seed: int, progress: bool = True) -> nn.Module:

@@ -36,7 +36,7 @@ from .plan import PruningPlan, atomic_write_text
 from .posterior import posterior_from_guide
 from .serialization import load_pruned, save_pruned
 
-__all__ = ["save_run", "load_run", "artifacts_from_result", "RUN_FORMAT"]
+__all__ = ["save_run", "load_run", "run_data_spec", "artifacts_from_result", "RUN_FORMAT"]
 
 RUN_FORMAT = "pyroprune.Run"
 _REQUIRED = (
@@ -114,6 +114,17 @@ def load_data(spec: dict, device="cpu") -> DataSplits:
     if spec.get("name") == "digits":
         return load_digits(seed=int(spec.get("seed", 0)), device=device)
     raise ValueError(f"run.json: data set {spec.get('name')!r} cannot be reloaded (supported: digits)")
+
+
+def run_data_spec(directory: str | os.PathLike) -> dict:
+    """The data set description recorded in a run directory's ``run.json``."""
+    path = Path(directory) / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (not a pyroprune run directory?)")
+    try:
+        return dict(json.loads(path.read_text()).get("data") or {})
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a pyroprune run description") from e
 
 
 def load_run(directory: str | os.PathLike, device="cpu") -> tuple[RunArtifacts, DataSplits]:

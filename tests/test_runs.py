@@ -79,3 +79,19 @@ def test_report_command_rebuilds_and_refuses_to_overwrite(run_dir, tmp_path, cap
     assert "khat" in metrics
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_report_over_two_seeds_adds_stability(run_dir, tmp_path, capsys):
+    second = tmp_path / "seed1"
+    assert main(["demo", "--out", str(second), "--seed", "1", *FAST]) == 0
+    out = tmp_path / "both"
+    assert main(["report", str(run_dir), str(second), "--out", str(out), "--draws", "30"]) == 0
+    summary = json.loads((out / "diagnostics.json").read_text())
+    assert summary["stability"]["num_runs"] == 2
+    # runs fitted on different splits are refused
+    doc = json.loads((second / "run.json").read_text())
+    doc["data"]["seed"] = 7
+    (second / "run.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["report", str(run_dir), str(second), "--out", str(tmp_path / "x")]) == 2
+    assert "different data splits" in capsys.readouterr().err
