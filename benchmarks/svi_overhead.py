@@ -89,6 +89,10 @@ def main() -> None:
         plain.append(time_plain(plain_net, split, args.batch_size, device))
         svi.append(time_svi(gated, guide, split, args.batch_size, device))
     tp, ts = statistics.median(plain), statistics.median(svi)
+    # Epochs alternate plain / SVI, so each pair shares the machine's state: the median of the per-pair ratios is
+    # less sensitive to drifting load than the ratio of medians.
+    pair_ratios = sorted(b / a for a, b in zip(plain, svi, strict=True))
+    ratio = statistics.median(pair_ratios)
     setting = (
         f"data: {source}; LeNet-5-Caffe; {args.batches} batches of {args.batch_size}; device {device}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
@@ -97,7 +101,8 @@ def main() -> None:
         setting,
         f"plain epoch  {1e3 * tp:9.1f} ms   (median of {args.repeats})",
         f"SVI epoch    {1e3 * ts:9.1f} ms   (median of {args.repeats})",
-        f"ratio SVI / plain = {ts / tp:.3f}   (target <= 1.3)",
+        f"ratio SVI / plain = {ratio:.3f}   (median of {len(pair_ratios)} alternating pairs; range "
+        f"{pair_ratios[0]:.3f}-{pair_ratios[-1]:.3f}; target <= 1.3)",
     ]
     print("\n".join(lines))
     if args.write:
@@ -111,7 +116,8 @@ def main() -> None:
             f"| epoch | time (ms, median of {args.repeats}) |\n|---|---|\n"
             f"| plain PyTorch (cross-entropy, Adam) | {1e3 * tp:.1f} |\n"
             f"| SVI (Pyro TraceMeanField_ELBO, gates, analytic KL, Adam) | {1e3 * ts:.1f} |\n\n"
-            f"**Ratio SVI / plain: {ts / tp:.3f}** (target: at most 1.3 on CPU).\n",
+            f"**Ratio SVI / plain: {ratio:.3f}** (median over {len(pair_ratios)} alternating epoch pairs; range "
+            f"{pair_ratios[0]:.3f}–{pair_ratios[-1]:.3f}; target: at most 1.3 on CPU).\n",
         )
 
 

@@ -158,7 +158,8 @@ def fit_svi(
         steps, and the checks cost a noticeable share of a small network's step; non-finite losses are caught
         by the NaN guard regardless.
     :raises TrainingDiverged: if the loss becomes NaN/inf; model and guide are restored to the state at the
-        end of the last completed epoch.
+        end of the last completed epoch. The check runs once per epoch (no host synchronisation per step), so the
+        rest of a diverged epoch is computed and then discarded.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -183,22 +184,28 @@ def fit_svi(
     bar = progress_bar(range(1, epochs + 1), description, enabled=progress)
     for epoch in bar:
         good_state = _snapshot(gated, guide)
-        total, count = 0.0, 0
+        # Loss bookkeeping stays on the device: no host synchronisation inside the step loop. The first
+        # non-finite step is recorded there too and checked once per epoch.
+        total = torch.zeros((), device=train.x.device, dtype=torch.float64)
+        first_bad = torch.full((), -1, device=train.x.device, dtype=torch.long)
+        count = 0
         for step, (xb, yb) in enumerate(train.batches(batch_size, shuffle=True, generator=generator)):
             opt.zero_grad(set_to_none=True)
             with pyro.validation_enabled(validating and (validate_every_step or first_step)):
                 loss = loss_fn(xb, yb)
             first_step = False
-            if not torch.isfinite(loss):
-                _restore(gated, guide, good_state)
-                raise TrainingDiverged(
-                    f"{description}: loss became {loss.item()} at epoch {epoch}, step {step}; model and guide "
-                    f"restored to the end of epoch {epoch - 1}. Lower the learning rate (lr={lr})."
-                )
             loss.backward()
             opt.step()
-            total += loss.detach() * xb.shape[0]
+            detached = loss.detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
+            total += detached.double() * xb.shape[0]
             count += xb.shape[0]
+        if int(first_bad) >= 0:
+            _restore(gated, guide, good_state)
+            raise TrainingDiverged(
+                f"{description}: the loss became NaN/inf at epoch {epoch}, step {int(first_bad)}; model and guide "
+                f"restored to the end of epoch {epoch - 1}. Lower the learning rate (lr={lr}, guide_lr={guide_lr})."
+            )
         record = {"epoch": epoch, "loss": float(total) / max(count, 1) / (n if kl_weighting == "elbo" else 1)}
         if on_epoch_end is not None:
             record.update(on_epoch_end(epoch, record) or {})
