@@ -16,6 +16,7 @@ guide, including AutoGuides.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
+from ..checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from ..data import TensorSplit
 from ..gates import GatedNet
 from ..guides import check_local_params
@@ -140,6 +142,9 @@ def fit_svi(
     progress: bool = True,
     description: str = "SVI",
     validate_every_step: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    fingerprint: dict | None = None,
 ) -> FitHistory:
     r"""Fit the gate posterior (and the network weights) by SVI on minibatches.
 
@@ -157,12 +162,24 @@ def fit_svi(
         for every step. By default it applies to the first step only -- the structure cannot change between
         steps, and the checks cost a noticeable share of a small network's step; non-finite losses are caught
         by the NaN guard regardless.
+    :param checkpoint_dir: write a checkpoint (:mod:`pyroprune.checkpoint`) into this folder after every
+        completed epoch, after ``on_epoch_end`` (so masks it set are saved).
+    :param resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (from scratch otherwise):
+        model, guide, optimizer, minibatch order, RNG states, history and masks are restored and training goes on
+        with the epoch after the saved one, so that the result equals that of an uninterrupted run with the same
+        ``seed``. ``epochs`` is the total number of epochs, the resumed ones included.
+    :param fingerprint: a JSON-safe description of the run (recipe, architecture, data set...) stored with the
+        checkpoint; resuming refuses a checkpoint whose fingerprint differs. The training hyperparameters
+        (seed, batch size, learning rates, KL weighting, particles, optimizer, gate sites, data size) are added
+        under ``"fit_svi"``.
     :raises TrainingDiverged: if the loss becomes NaN/inf; model and guide are restored to the state at the
         end of the last completed epoch. The check runs once per epoch (no host synchronisation per step), so the
         rest of a diverged epoch is computed and then discarded.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
     if seed is not None:
         pyro.set_rng_seed(seed)
     n = len(train)
@@ -181,7 +198,21 @@ def fit_svi(
     history = FitHistory()
     validating, first_step = is_validation_enabled(), True
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed() % 2**63)
-    bar = progress_bar(range(1, epochs + 1), description, enabled=progress)
+    start = 0
+    if checkpoint_dir is not None:
+        fingerprint = {
+            **(fingerprint or {}),
+            "fit_svi": _fit_fingerprint(
+                gated, n, seed, batch_size, lr, guide_lr, opt, kl_weighting, num_particles, analytic_kl
+            ),
+        }
+        if resume and checkpoint_exists(checkpoint_dir):
+            restored = load_checkpoint(
+                checkpoint_dir, gated=gated, guide=guide, optimizer=opt, generator=generator, fingerprint=fingerprint
+            )
+            start = restored["epoch"]
+            history.epochs = list(restored["history"])
+    bar = progress_bar(range(start + 1, epochs + 1), description, enabled=progress)
     for epoch in bar:
         good_state = _snapshot(gated, guide)
         # Loss bookkeeping stays on the device: no host synchronisation inside the step loop. The first
@@ -210,8 +241,47 @@ def fit_svi(
         if on_epoch_end is not None:
             record.update(on_epoch_end(epoch, record) or {})
         history.epochs.append(record)
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir,
+                epoch=epoch,
+                gated=gated,
+                guide=guide,
+                optimizer=opt,
+                generator=generator,
+                history=history.epochs,
+                masks=gated.masks,
+                fingerprint=fingerprint,
+            )
         bar.set_postfix({k: _fmt(v) for k, v in record.items() if k != "epoch"})
     return history
+
+
+def _fit_fingerprint(
+    gated: GatedNet,
+    num_data: int,
+    seed: int | None,
+    batch_size: int,
+    lr: float,
+    guide_lr: float | None,
+    opt: torch.optim.Optimizer,
+    kl_weighting: str,
+    num_particles: int,
+    analytic_kl: bool,
+) -> dict:
+    """What a resumed fit must share with the fit that wrote the checkpoint."""
+    return {
+        "seed": seed,
+        "num_data": num_data,
+        "batch_size": batch_size,
+        "lr": lr,
+        "guide_lr": guide_lr,
+        "optimizer": type(opt).__name__,
+        "kl_weighting": kl_weighting,
+        "num_particles": num_particles,
+        "analytic_kl": analytic_kl,
+        "sites": {s.name: s.size for s in gated.sites},
+    }
 
 
 def _fmt(v):
