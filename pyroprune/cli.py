@@ -58,6 +58,25 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prior-low", type=float, default=-20.0, help="log-uniform prior lower bound a of log θ")
     demo.add_argument("--prior-high", type=float, default=0.0, help="log-uniform prior upper bound b of log θ")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    prune = sub.add_parser(
+        "prune",
+        help="run a recipe (recipes/*.toml): pretrain, fit the gates, decide, remove, fine-tune, measure",
+        description="Run the experiment a recipe describes and write a run directory (metrics.json, plan.json, "
+        "run.json, model/, dense/, posterior/, checkpoint/). Resumable: the SVI stage writes a checkpoint after "
+        "every epoch; --resume continues an interrupted run.",
+    )
+    prune.add_argument("recipe", metavar="RECIPE", help="a recipe file (TOML)")
+    prune.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    prune.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key"
+    )
+    prune.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    prune.add_argument("--data-root", default=None, help="folder holding the data set (overrides data.root)")
+    prune.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    prune.add_argument("--force", action="store_true", help="replace the files of an existing run directory")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare = sub.add_parser("compare", help="print one table over run directories (metrics.json)")
+    compare.add_argument("dirs", nargs="+", metavar="DIR", help="run directories")
     report = sub.add_parser(
         "report",
         help="write the reliability report (report.md, figures, ArviZ data) of one or more run directories",
@@ -106,9 +125,13 @@ def _prepare_out(path: str, force: bool) -> Path:
     return out
 
 
+def _pct(fraction: float | None) -> str:
+    return "n/a (not trained)" if fraction is None else f"{100 * fraction:.2f} %"
+
+
 def _table(dense: dict, pruned: dict) -> str:
     rows = [
-        ("accuracy (test)", f"{100 * dense['accuracy']:.2f} %", f"{100 * pruned['accuracy']:.2f} %", ""),
+        ("accuracy (test)", _pct(dense["accuracy"]), _pct(pruned["accuracy"]), ""),
         ("kept structures", dense["kept"], pruned["kept"], ""),
         (
             "parameters",
@@ -207,6 +230,128 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_prune(args: argparse.Namespace) -> int:
+    import pyro
+
+    from .data import load_dataset
+    from .models import build_model
+    from .pipeline import network_metrics, prune_network
+    from .plan import atomic_write_text
+    from .recipes import load_recipe, recipe_to_dict
+    from .runs import save_run
+    from .serialization import load_pruned, save_pruned
+
+    recipe = load_recipe(args.recipe, args.sets)
+    device = _device(args.device)
+    out = Path(args.out) if args.out else Path("runs") / recipe.name
+    if args.resume:
+        if not (out / "checkpoint").is_dir():
+            raise UserError(f"--resume: no checkpoint in {out}/checkpoint (run without --resume first)")
+    else:
+        out = _prepare_out(str(out), args.force)
+    progress = not args.quiet
+    spec = dict(recipe.data)
+    data = load_dataset(
+        spec["name"],
+        args.data_root or spec.get("root"),
+        val_size=spec.get("val_size"),
+        seed=int(spec.get("seed", 0)),
+        device=device,
+        flatten=bool(spec.get("flatten", False)),
+    )
+    arch = {"name": recipe.model["name"], "kwargs": dict(recipe.model.get("kwargs", {}))}
+    pyro.set_rng_seed(recipe.prune.seed)
+    if args.resume and (out / "dense" / "model.json").is_file():
+        dense = load_pruned(out / "dense").to(device)
+    else:
+        dense = build_model(arch["name"], **arch["kwargs"]).to(device)
+        pre = recipe.pretrain
+        if pre.get("epochs", 0) > 0:
+            from .infer import train_plain
+
+            train_plain(
+                dense,
+                data.train,
+                epochs=pre["epochs"],
+                batch_size=pre.get("batch_size", 128),
+                lr=pre.get("lr", 1e-3),
+                val=data.val,
+                seed=recipe.prune.seed,
+                progress=progress,
+                description="pretrain",
+            )
+        save_pruned(dense, out / "dense", arch=arch)  # kept for --resume: pretraining is not repeated
+    fingerprint = {"recipe": recipe_to_dict(recipe)}
+    fingerprint["recipe"]["prune"].pop("epochs", None)  # more epochs may be asked for when resuming
+    result = prune_network(
+        dense,
+        data,
+        recipe.prune,
+        progress=progress,
+        checkpoint_dir=out / "checkpoint",
+        resume=args.resume,
+        fingerprint=fingerprint,
+    )
+    width = data.input_shape[0] if len(data.input_shape) == 1 else None
+    dense_kept = "-".join(([str(width)] if width else []) + [str(s.size) for s in result.gated.sites])
+    dense_m = network_metrics(dense, data, dense_kept)
+    pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(width))
+    if recipe.pretrain.get("epochs", 0) <= 0:
+        # trained with the gates from scratch: the dense network was never trained, only its size and speed count
+        dense_m.update({k: None for k in ("accuracy", "nll", "brier", "ece")})
+    metrics = {
+        "recipe": recipe.name,
+        "model": arch["name"],
+        "dataset": spec["name"],
+        "method": recipe.prune.method,
+        "seed": recipe.prune.seed,
+        "device": str(device),
+        "dense": dense_m,
+        "pruned": pruned_m,
+        "error_pct": 100.0 * (1.0 - pruned_m["accuracy"]),
+        "params_reduction": dense_m["params"] / pruned_m["params"],
+        "macs_reduction": dense_m["macs"] / pruned_m["macs"],
+        "latency_speedup": dense_m["latency_ms"] / pruned_m["latency_ms"],
+    }
+    save_run(out, result, dense, arch=arch, data=spec, metadata={"command": "pyroprune prune", "recipe": recipe.name})
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    print(f"\npyroprune prune {recipe.name}: {recipe.prune.method} on {arch['name']} / {spec['name']}, {device}")
+    print(_table(dense_m, pruned_m))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    rows = []
+    for d in args.dirs:
+        path = Path(d) / "metrics.json"
+        if not path.is_file():
+            raise UserError(f"{path} not found (not a run directory?)")
+        try:
+            m = json.loads(path.read_text())
+            rows.append(
+                (
+                    str(d),
+                    m.get("model", "?"),
+                    m.get("dataset", "?"),
+                    m["method"],
+                    f"{100 * (1 - m['pruned']['accuracy']):.2f}",
+                    m["pruned"]["kept"],
+                    f"{m['params_reduction']:.2f}x",
+                    f"{m['macs_reduction']:.2f}x",
+                    f"{m['latency_speedup']:.2f}x",
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{path} is not a pyroprune metrics file ({e})") from e
+    header = ("run", "model", "data", "method", "error %", "kept", "params", "MACs", "latency")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
     from .diagnostics.report import write_report
     from .runs import load_run, run_data_spec
@@ -235,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     from .infer import TrainingDiverged
 
     try:
-        return run_demo(args) if args.command == "demo" else run_report(args)
+        commands = {"demo": run_demo, "prune": run_prune, "compare": run_compare, "report": run_report}
+        return commands[args.command](args)
     except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, TrainingDiverged) as e:
         print(f"pyroprune: error: {e}", file=sys.stderr)
         return 2

@@ -91,9 +91,19 @@ class PruneResult:
 
 
 def prune_network(
-    net: nn.Module, data: DataSplits, config: PruneConfig | None = None, progress: bool = True
+    net: nn.Module,
+    data: DataSplits,
+    config: PruneConfig | None = None,
+    progress: bool = True,
+    checkpoint_dir=None,
+    resume: bool = False,
+    fingerprint: dict | None = None,
 ) -> PruneResult:
     """Prune ``net`` (ideally trained) on ``data`` (already on the device) with ``config``.
+
+    With ``checkpoint_dir`` the SVI stage writes a checkpoint after every epoch and, with ``resume``, continues
+    from it (see :func:`~pyroprune.infer.fit_svi`); deciding, removal and fine-tuning are deterministic given the
+    seed, so a resumed run ends with the same plan as an uninterrupted one.
 
     The input network is not modified.
     """
@@ -136,6 +146,9 @@ def prune_network(
         on_epoch_end=on_epoch_end,
         progress=progress,
         description=f"SVI {config.method}",
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        fingerprint=fingerprint,
     )
     plan = current_plan()
     posterior = posterior_from_guide(guide, gated)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from .data import DataSplits, load_digits
+from .data import DataSplits, load_dataset, load_digits
 from .diagnostics.run import RunArtifacts
 from .distributions import LogUniform
 from .gates import GatedNet
@@ -109,11 +109,18 @@ def save_run(
     atomic_write_text(directory / "run.json", json.dumps(doc, indent=1))
 
 
-def load_data(spec: dict, device="cpu") -> DataSplits:
-    """The data splits a run was fitted on."""
-    if spec.get("name") == "digits":
+def load_data(spec: dict, device="cpu", root=None) -> DataSplits:
+    """The data splits a run was fitted on (``spec`` as recorded in ``run.json``; ``root`` overrides its root)."""
+    if spec.get("name") == "digits" and not spec.get("image"):
         return load_digits(seed=int(spec.get("seed", 0)), device=device)
-    raise ValueError(f"run.json: data set {spec.get('name')!r} cannot be reloaded (supported: digits)")
+    return load_dataset(
+        spec["name"],
+        root or spec.get("root"),
+        val_size=spec.get("val_size"),
+        seed=int(spec.get("seed", 0)),
+        device=device,
+        flatten=bool(spec.get("flatten", False)),
+    )
 
 
 def run_data_spec(directory: str | os.PathLike) -> dict:
@@ -127,7 +134,7 @@ def run_data_spec(directory: str | os.PathLike) -> dict:
         raise ValueError(f"{path} is not a pyroprune run description") from e
 
 
-def load_run(directory: str | os.PathLike, device="cpu") -> tuple[RunArtifacts, DataSplits]:
+def load_run(directory: str | os.PathLike, device="cpu", data_root=None) -> tuple[RunArtifacts, DataSplits]:
     """Rebuild a run written by :func:`save_run`.
 
     :raises FileNotFoundError: naming every missing file.
@@ -151,7 +158,7 @@ def load_run(directory: str | os.PathLike, device="cpu") -> tuple[RunArtifacts, 
         raise ValueError(f"{directory / 'run.json'}: guide {doc.get('guide')!r} cannot be rebuilt from a run directory")
     known = {f.name for f in fields(PruneConfig)}
     config = PruneConfig(**{k: v for k, v in doc["config"].items() if k in known})
-    data = load_data(doc["data"], device)
+    data = load_data(doc["data"], device, root=data_root)
     net = build_model(doc["arch"]["name"], **doc["arch"].get("kwargs", {}))
     net.load_state_dict(load_file(str(directory / "posterior" / "net.safetensors")))
     net.to(device)
