@@ -21,8 +21,8 @@ import pyro
 import torch
 
 from pyroprune.data import load_digits
-from pyroprune.demo import DEMO_METHODS, prune_and_measure, train_dense
-from pyroprune.pipeline import PruneConfig
+from pyroprune.demo import DEMO_ARCH, DEMO_METHODS, train_dense
+from pyroprune.pipeline import PruneConfig, prune_and_measure
 from pyroprune.plan import atomic_write_text
 
 VARIANTS = [(m, {}) for m in DEMO_METHODS] + [("bmrs-n", {"include_log_2pi": False})]
@@ -47,7 +47,7 @@ def main() -> None:
         for method, params in VARIANTS:
             cfg = PruneConfig(method=method, method_params=params, seed=seed)
             t = time.perf_counter()
-            _, m = prune_and_measure(dense, data, cfg, progress=False)
+            _, m = prune_and_measure(dense, data, cfg, model=DEMO_ARCH["name"], progress=False)
             m["seconds"] = time.perf_counter() - t
             rows.append((label(method, params), seed, m))
             print(

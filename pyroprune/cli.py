@@ -164,9 +164,9 @@ def run_demo(args: argparse.Namespace) -> int:
     import pyro
 
     from .data import load_digits
-    from .demo import DEMO_ARCH, prune_and_measure, train_dense
+    from .demo import DEMO_ARCH, train_dense
     from .diagnostics.report import diagnose, write_report
-    from .pipeline import PruneConfig
+    from .pipeline import PruneConfig, prune_and_measure
     from .plan import atomic_write_text
     from .runs import artifacts_from_result, save_run
 
@@ -199,7 +199,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # can be reported together (pyroprune report DIR1 DIR2 ...); --seed seeds training.
     data = load_digits(seed=DEMO_SPLIT_SEED, device=device)
     dense = train_dense(data, epochs=args.pretrain_epochs, seed=args.seed, progress=progress)
-    result, metrics = prune_and_measure(dense, data, config, progress=progress)
+    result, metrics = prune_and_measure(dense, data, config, model=DEMO_ARCH["name"], progress=progress)
     metrics["device"] = str(device)
     dense_m, pruned_m = metrics["dense"], metrics["pruned"]
     diagnostics = diagnose([artifacts_from_result(result, dense)], data, seed=args.seed)
@@ -233,12 +233,11 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_prune(args: argparse.Namespace) -> int:
     import pyro
 
-    from .data import load_dataset
     from .models import build_model
-    from .pipeline import network_metrics, prune_network
+    from .pipeline import prune_and_measure
     from .plan import atomic_write_text
     from .recipes import load_recipe, recipe_to_dict
-    from .runs import save_run
+    from .runs import load_data, save_run
     from .serialization import load_pruned, save_pruned
 
     recipe = load_recipe(args.recipe, args.sets)
@@ -251,14 +250,8 @@ def run_prune(args: argparse.Namespace) -> int:
         out = _prepare_out(str(out), args.force)
     progress = not args.quiet
     spec = dict(recipe.data)
-    data = load_dataset(
-        spec["name"],
-        args.data_root or spec.get("root"),
-        val_size=spec.get("val_size"),
-        seed=int(spec.get("seed", 0)),
-        device=device,
-        flatten=bool(spec.get("flatten", False)),
-    )
+    # the same loader load_run uses, so a reloaded run sees exactly these splits
+    data = load_data(spec, device, root=args.data_root)
     arch = {"name": recipe.model["name"], "kwargs": dict(recipe.model.get("kwargs", {}))}
     pyro.set_rng_seed(recipe.prune.seed)
     if args.resume and (out / "dense" / "model.json").is_file():
@@ -283,36 +276,19 @@ def run_prune(args: argparse.Namespace) -> int:
         save_pruned(dense, out / "dense", arch=arch)  # kept for --resume: pretraining is not repeated
     fingerprint = {"recipe": recipe_to_dict(recipe)}
     fingerprint["recipe"]["prune"].pop("epochs", None)  # more epochs may be asked for when resuming
-    result = prune_network(
+    result, metrics = prune_and_measure(
         dense,
         data,
         recipe.prune,
+        model=arch["name"],
         progress=progress,
+        dense_trained=recipe.pretrain.get("epochs", 0) > 0,
         checkpoint_dir=out / "checkpoint",
         resume=args.resume,
         fingerprint=fingerprint,
     )
-    width = data.input_shape[0] if len(data.input_shape) == 1 else None
-    dense_kept = "-".join(([str(width)] if width else []) + [str(s.size) for s in result.gated.sites])
-    dense_m = network_metrics(dense, data, dense_kept)
-    pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(width))
-    if recipe.pretrain.get("epochs", 0) <= 0:
-        # trained with the gates from scratch: the dense network was never trained, only its size and speed count
-        dense_m.update({k: None for k in ("accuracy", "nll", "brier", "ece")})
-    metrics = {
-        "recipe": recipe.name,
-        "model": arch["name"],
-        "dataset": spec["name"],
-        "method": recipe.prune.method,
-        "seed": recipe.prune.seed,
-        "device": str(device),
-        "dense": dense_m,
-        "pruned": pruned_m,
-        "error_pct": 100.0 * (1.0 - pruned_m["accuracy"]),
-        "params_reduction": dense_m["params"] / pruned_m["params"],
-        "macs_reduction": dense_m["macs"] / pruned_m["macs"],
-        "latency_speedup": dense_m["latency_ms"] / pruned_m["latency_ms"],
-    }
+    metrics = {"recipe": recipe.name, **metrics, "dataset": spec["name"], "device": str(device)}
+    dense_m, pruned_m = metrics["dense"], metrics["pruned"]
     save_run(out, result, dense, arch=arch, data=spec, metadata={"command": "pyroprune prune", "recipe": recipe.name})
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     print(f"\npyroprune prune {recipe.name}: {recipe.prune.method} on {arch['name']} / {spec['name']}, {device}")

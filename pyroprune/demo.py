@@ -11,9 +11,8 @@ from torch import nn
 from .data import DataSplits
 from .infer import train_plain
 from .models import build_model
-from .pipeline import PruneConfig, PruneResult, network_metrics, prune_network
 
-__all__ = ["DEMO_ARCH", "DEMO_METHODS", "DEMO_SPLIT_SEED", "train_dense", "prune_and_measure"]
+__all__ = ["DEMO_ARCH", "DEMO_METHODS", "DEMO_SPLIT_SEED", "train_dense"]
 
 #: The architecture of the demo: the BMRS MLP (6 tanh layers of 50 units) on 8x8 digits.
 DEMO_ARCH = {"name": "bmrs-mlp", "kwargs": {"in_features": 64, "hidden": 50, "depth": 6, "num_classes": 10}}
@@ -38,31 +37,3 @@ def train_dense(data: DataSplits, *, epochs: int, seed: int, progress: bool = Tr
         description="dense",
     )
     return net
-
-
-def prune_and_measure(
-    dense: nn.Module, data: DataSplits, config: PruneConfig, progress: bool = True
-) -> tuple[PruneResult, dict]:
-    """Prune ``dense`` with ``config`` and measure both networks on the test split.
-
-    :returns: the result and a metrics dict with ``dense`` and ``pruned`` objects (``accuracy`` as a fraction,
-        ``params``, ``macs``, ``kept``, ``latency_ms``) and the reduction ratios.
-    """
-    result = prune_network(dense, data, config, progress=progress)
-    width = data.input_shape[0]
-    dense_kept = "-".join([str(width)] + [str(s.size) for s in result.gated.sites])
-    dense_m = network_metrics(dense, data, dense_kept)
-    pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(width))
-    metrics = {
-        "dataset": data.name,
-        "model": DEMO_ARCH["name"],
-        "method": config.method,
-        "method_params": dict(config.method_params),
-        "seed": config.seed,
-        "dense": dense_m,
-        "pruned": pruned_m,
-        "params_reduction": dense_m["params"] / pruned_m["params"],
-        "macs_reduction": dense_m["macs"] / pruned_m["macs"],
-        "latency_speedup": dense_m["latency_ms"] / pruned_m["latency_ms"],
-    }
-    return result, metrics

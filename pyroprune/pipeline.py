@@ -27,7 +27,15 @@ from .plan import PruningPlan
 from .posterior import GatePosterior, posterior_from_guide
 from .surgery import remove
 
-__all__ = ["PruneConfig", "PruneResult", "prune_network", "network_metrics", "predict_proba", "SCHEDULES"]
+__all__ = [
+    "PruneConfig",
+    "PruneResult",
+    "prune_network",
+    "network_metrics",
+    "predict_proba",
+    "prune_and_measure",
+    "SCHEDULES",
+]
 
 SCHEDULES = ("post-training", "continuous")
 
@@ -120,13 +128,12 @@ def prune_network(
     ).to(device=device, dtype=dtype)
     gated.to(device)
 
-    def current_plan() -> PruningPlan:
-        posterior = posterior_from_guide(guide, gated)
+    def current_plan(posterior: GatePosterior) -> PruningPlan:
         plan = decide(posterior, config.method, gated, **config.method_params)
         return plan.with_masks(gated.masks) if gated.masks else plan
 
     def on_epoch_end(epoch: int, record: dict) -> dict:
-        plan = current_plan()
+        plan = current_plan(posterior_from_guide(guide, gated))
         if config.schedule == "continuous":
             gated.set_masks(plan.masks())
         kept = sum(plan.kept) / sum(plan.total)
@@ -150,8 +157,8 @@ def prune_network(
         resume=resume,
         fingerprint=fingerprint,
     )
-    plan = current_plan()
     posterior = posterior_from_guide(guide, gated)
+    plan = current_plan(posterior)
     pruned = remove(gated, plan, example)
     finetune = train_plain(
         pruned,
@@ -201,6 +208,49 @@ def network_metrics(net: nn.Module, data: DataSplits, kept: str, latency_batch: 
         "kept": kept,
         "latency_ms": measure_latency(net, x, repeats=repeats),
     }
+
+
+def prune_and_measure(
+    dense: nn.Module,
+    data: DataSplits,
+    config: PruneConfig,
+    *,
+    model: str,
+    progress: bool = True,
+    dense_trained: bool = True,
+    **prune_kwargs,
+) -> tuple[PruneResult, dict]:
+    """Prune ``dense`` with ``config`` (:func:`prune_network`) and measure both networks on the test split.
+
+    :param model: the architecture's name, recorded in the metrics.
+    :param dense_trained: ``False`` when ``dense`` was never trained (gates trained from scratch): its accuracy,
+        NLL, Brier and ECE are then ``None`` -- only its size and speed are comparable.
+    :param prune_kwargs: passed to :func:`prune_network` (e.g. ``checkpoint_dir``, ``resume``, ``fingerprint``).
+    :returns: the result and a metrics dict with ``dense`` and ``pruned`` objects (see :func:`network_metrics`),
+        the pruned test error in percent and the reduction ratios. The kept-structures strings start with the
+        input width for flat inputs.
+    """
+    result = prune_network(dense, data, config, progress=progress, **prune_kwargs)
+    width = data.input_shape[0] if len(data.input_shape) == 1 else None
+    dense_kept = "-".join(([str(width)] if width else []) + [str(s.size) for s in result.gated.sites])
+    dense_m = network_metrics(dense, data, dense_kept)
+    pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(width))
+    if not dense_trained:
+        dense_m.update({k: None for k in ("accuracy", "nll", "brier", "ece")})
+    metrics = {
+        "dataset": data.name,
+        "model": model,
+        "method": config.method,
+        "method_params": dict(config.method_params),
+        "seed": config.seed,
+        "dense": dense_m,
+        "pruned": pruned_m,
+        "error_pct": 100.0 * (1.0 - pruned_m["accuracy"]),
+        "params_reduction": dense_m["params"] / pruned_m["params"],
+        "macs_reduction": dense_m["macs"] / pruned_m["macs"],
+        "latency_speedup": dense_m["latency_ms"] / pruned_m["latency_ms"],
+    }
+    return result, metrics
 
 
 @torch.no_grad()
