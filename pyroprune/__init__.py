@@ -10,16 +10,17 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import distributions, reduction
 from .data import DataSplits, TensorSplit, load_digits
-from .distributions import LogUniform, TruncatedLogNormal, TruncatedNormal
-from .gates import GatedNet, GateSite, find_gate_sites, gate
-from .guides import TruncatedLogNormalGuide, auto_guide
+from .distributions import DiracLike, LogUniform, TruncatedLogNormal, TruncatedNormal
+from .gates import GatedNet, GateSite, feature_site_name, find_gate_sites, gate
+from .guides import NormalNoiseGuide, TruncatedLogNormalGuide, auto_guide
 from .infer import FitHistory, SiteScale, TrainingDiverged, elbo_loss, evaluate, fit_svi, train_plain
+from .layers import FeatureSelectLinear
 from .measure import count_macs, count_params, measure_latency
 from .methods import RULES, decide
 from .pipeline import PruneConfig, PruneResult, network_metrics, prune_network
 from .plan import PruningPlan, SitePlan
 from .posterior import GatePosterior, posterior_from_guide
-from .reduction import delta_f_bmrs_n, delta_f_bmrs_u, delta_f_quadrature
+from .reduction import delta_f_bmrs_n, delta_f_bmrs_u, delta_f_dirac_like, delta_f_quadrature
 from .serialization import load_pruned, save_pruned
 from .surgery import fold_gates, remove
 
@@ -38,12 +39,16 @@ __all__ = [
     "LogUniform",
     "TruncatedLogNormal",
     "TruncatedNormal",
+    "DiracLike",
     "GatedNet",
     "GateSite",
     "find_gate_sites",
+    "feature_site_name",
     "gate",
+    "FeatureSelectLinear",
     "TruncatedLogNormalGuide",
     "auto_guide",
+    "NormalNoiseGuide",
     "FitHistory",
     "SiteScale",
     "TrainingDiverged",
@@ -67,6 +72,7 @@ __all__ = [
     "delta_f_bmrs_n",
     "delta_f_bmrs_u",
     "delta_f_quadrature",
+    "delta_f_dirac_like",
     "load_pruned",
     "save_pruned",
     "fold_gates",

@@ -65,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "run.json, model/, dense/, posterior/, checkpoint/). Resumable: the SVI stage writes a checkpoint after "
         "every epoch; --resume continues an interrupted run.",
     )
-    prune.add_argument("recipe", metavar="RECIPE", help="a recipe file (TOML)")
+    prune.add_argument("recipe", metavar="RECIPE", help="a recipe file (TOML) or the name of a built-in recipe")
     prune.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
     prune.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key"
@@ -89,6 +89,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--force", action="store_true", help="replace the files of an existing report")
     report.add_argument("--draws", type=int, default=100, help="posterior draws per run (default: %(default)s)")
     report.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    report.add_argument("--data-root", default=None, help="folder holding the data set (overrides the run's root)")
     return parser
 
 
@@ -231,14 +232,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    import pyro
-
-    from .models import build_model
-    from .pipeline import prune_and_measure
-    from .plan import atomic_write_text
-    from .recipes import load_recipe, recipe_to_dict
-    from .runs import load_data, save_run
-    from .serialization import load_pruned, save_pruned
+    from .experiment import run_recipe
+    from .recipes import load_recipe
 
     recipe = load_recipe(args.recipe, args.sets)
     device = _device(args.device)
@@ -248,51 +243,18 @@ def run_prune(args: argparse.Namespace) -> int:
             raise UserError(f"--resume: no checkpoint in {out}/checkpoint (run without --resume first)")
     else:
         out = _prepare_out(str(out), args.force)
-    progress = not args.quiet
-    spec = dict(recipe.data)
-    # the same loader load_run uses, so a reloaded run sees exactly these splits
-    data = load_data(spec, device, root=args.data_root)
-    arch = {"name": recipe.model["name"], "kwargs": dict(recipe.model.get("kwargs", {}))}
-    pyro.set_rng_seed(recipe.prune.seed)
-    if args.resume and (out / "dense" / "model.json").is_file():
-        dense = load_pruned(out / "dense").to(device)
-    else:
-        dense = build_model(arch["name"], **arch["kwargs"]).to(device)
-        pre = recipe.pretrain
-        if pre.get("epochs", 0) > 0:
-            from .infer import train_plain
-
-            train_plain(
-                dense,
-                data.train,
-                epochs=pre["epochs"],
-                batch_size=pre.get("batch_size", 128),
-                lr=pre.get("lr", 1e-3),
-                val=data.val,
-                seed=recipe.prune.seed,
-                progress=progress,
-                description="pretrain",
-            )
-        save_pruned(dense, out / "dense", arch=arch)  # kept for --resume: pretraining is not repeated
-    fingerprint = {"recipe": recipe_to_dict(recipe)}
-    fingerprint["recipe"]["prune"].pop("epochs", None)  # more epochs may be asked for when resuming
-    result, metrics = prune_and_measure(
-        dense,
-        data,
-        recipe.prune,
-        model=arch["name"],
-        progress=progress,
-        dense_trained=recipe.pretrain.get("epochs", 0) > 0,
-        checkpoint_dir=out / "checkpoint",
+    run = run_recipe(
+        recipe,
+        out,
+        device=device,
+        data_root=args.data_root,
         resume=args.resume,
-        fingerprint=fingerprint,
+        progress=not args.quiet,
+        metadata={"command": "pyroprune prune"},
     )
-    metrics = {"recipe": recipe.name, **metrics, "dataset": spec["name"], "device": str(device)}
-    dense_m, pruned_m = metrics["dense"], metrics["pruned"]
-    save_run(out, result, dense, arch=arch, data=spec, metadata={"command": "pyroprune prune", "recipe": recipe.name})
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-    print(f"\npyroprune prune {recipe.name}: {recipe.prune.method} on {arch['name']} / {spec['name']}, {device}")
-    print(_table(dense_m, pruned_m))
+    arch, spec = recipe.model["name"], recipe.data["name"]
+    print(f"\npyroprune prune {recipe.name}: {recipe.prune.method} on {arch} / {spec}, {device}")
+    print(_table(run.metrics["dense"], run.metrics["pruned"]))
     print(f"\nwrote {out}")
     return 0
 
@@ -336,7 +298,7 @@ def run_report(args: argparse.Namespace) -> int:
     specs = {str(d): run_data_spec(d) for d in args.dirs}
     if len({json.dumps(v, sort_keys=True) for v in specs.values()}) > 1:
         raise UserError(f"the runs were fitted on different data splits ({specs}); report them separately")
-    loaded = [load_run(d, device=device) for d in args.dirs]
+    loaded = [load_run(d, device=device, data_root=args.data_root) for d in args.dirs]
     runs = [r for r, _ in loaded]
     data = loaded[0][1]
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"

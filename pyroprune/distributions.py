@@ -1242,3 +1242,98 @@ def _kl_truncated_normal_uniform(q: TruncatedNormal, p: torch.distributions.Unif
 def _kl_truncated_log_normal_log_uniform(q: TruncatedLogNormal, p: LogUniform) -> torch.Tensor:
     r"""KL is invariant under the common bijection :math:`\theta = e^x`: the KL of the log-space laws."""
     return _kl_truncated_normal_uniform(q.base_dist, p.base_dist)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RBP: the Dirac-like prior over a real-valued gate (Zhou et al. 2018/2019, "Recursive Bayesian Pruning")
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_eps(eps, name: str = "eps") -> None:
+    """One-line ``ValueError`` naming ``name`` unless every value is finite and > 0 (Python numbers always
+    checked; tensors checked too -- a host sync, paid only when the distribution is built)."""
+    values = torch.as_tensor(eps, dtype=torch.float64) if not isinstance(eps, torch.Tensor) else eps.detach()
+    if values.numel() and not bool((torch.isfinite(values) & (values > 0)).all()):
+        bad = values[~(torch.isfinite(values) & (values > 0))].reshape(-1)[0].item()
+        raise ValueError(f"'{name}' must be finite and > 0 (the width of the spike at 0), got {bad!r}")
+
+
+class DiracLike(dist.Normal):
+    r"""The Dirac-like prior of RBP over a real-valued gate :math:`\theta`: a spike at 0 of width
+    :math:`\varepsilon`,
+
+    .. math::
+
+        p_\varepsilon(\theta) = \mathcal N(\theta \mid 0, \varepsilon^2)
+            = \frac{1}{\sqrt{2\pi}\,\varepsilon} e^{-\theta^2/(2\varepsilon^2)}
+            \;\xrightarrow[\varepsilon \to 0]{}\; \delta_0(\theta).
+
+    Sampling is :math:`\theta = \varepsilon\,\xi`, :math:`\xi \sim \mathcal N(0, 1)` (reparameterised): mean 0,
+    variance :math:`\varepsilon^2`. Under a Gaussian noise posterior :math:`q(\theta) = \mathcal N(\mu,
+    \sigma^2)` the ELBO term it induces is, in closed form (registered for ``TraceMeanField_ELBO``),
+
+    .. math::
+
+        E_q[\log p_\varepsilon(\theta)] = -\log(\sqrt{2\pi}\,\varepsilon) - \frac{\mu^2 + \sigma^2}{2\varepsilon^2},
+        \qquad
+        \mathrm{KL}(q \,\|\, p_\varepsilon) = \log\frac{\varepsilon}{\sigma}
+            + \frac{\mu^2 + \sigma^2}{2\varepsilon^2} - \frac12
+
+    (:func:`dirac_like_expected_log_prob`, :func:`kl_normal_dirac_like`). :math:`\varepsilon` is the only
+    parameter (``eps``, finite and > 0); its schedule during fitting is
+    :func:`pyroprune.methods.rbp.eps_schedule` (``docs/methods/rbp.md``).
+
+    It is a ``pyro.distributions.Normal`` with ``loc = 0`` and ``scale = eps`` (so every Normal method applies)
+    whose only constructor argument is ``eps`` -- the form :class:`~pyroprune.gates.GatedNet` rebuilds when it
+    moves a prior to the network's device and dtype.
+    """
+
+    arg_constraints = {"eps": constraints.positive}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, eps, validate_args: bool | None = None) -> None:
+        _check_eps(eps)
+        (eps,) = broadcast_all(eps)
+        super().__init__(torch.zeros_like(eps), eps, validate_args=validate_args)
+
+    @property
+    def eps(self) -> torch.Tensor:
+        """The width :math:`\\varepsilon` of the spike (= ``scale``)."""
+        return self.scale
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiracLike, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc = self.loc.expand(batch_shape)
+        new.scale = self.scale.expand(batch_shape)
+        dist.Normal.__init__(new, new.loc, new.scale, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def __repr__(self) -> str:
+        eps = self.scale
+        return f"DiracLike(eps: {eps.item():g})" if eps.numel() == 1 else f"DiracLike(eps: {eps})"
+
+
+def dirac_like_expected_log_prob(loc, scale, eps) -> torch.Tensor:
+    r""":math:`E_{\mathcal N(\mu,\sigma^2)}[\log p_\varepsilon(\theta)] = -\log(\sqrt{2\pi}\varepsilon) -
+    (\mu^2 + \sigma^2)/(2\varepsilon^2)` (the ELBO's prior term)."""
+    loc, scale, eps = broadcast_all(loc, scale, eps)
+    return -LOG_SQRT_2PI - torch.log(eps) - 0.5 * ((loc / eps) ** 2 + (scale / eps) ** 2)
+
+
+def kl_normal_dirac_like(loc, scale, eps) -> torch.Tensor:
+    r""":math:`\mathrm{KL}(\mathcal N(\mu, \sigma^2) \,\|\, p_\varepsilon) = \log(\varepsilon/\sigma) + (\mu^2 +
+    \sigma^2)/(2\varepsilon^2) - \tfrac12`, with the ratios formed before squaring (finite for :math:`\varepsilon`
+    and :math:`\sigma` from :math:`10^{-30}` to :math:`10^{30}` in float32 as long as the result is)."""
+    loc, scale, eps = broadcast_all(loc, scale, eps)
+    return torch.log(eps) - torch.log(scale) + 0.5 * ((loc / eps) ** 2 + (scale / eps) ** 2) - 0.5
+
+
+@register_kl(torch.distributions.Normal, DiracLike)
+def _kl_normal_dirac_like(q: torch.distributions.Normal, p: DiracLike) -> torch.Tensor:
+    return kl_normal_dirac_like(q.loc, q.scale, p.scale)
+
+
+__all__ += ["DiracLike", "dirac_like_expected_log_prob", "kl_normal_dirac_like"]

@@ -7,6 +7,11 @@ whose output is added into the same residual stream -- share one gate site, so t
 together. Coupling is read off Torch-Pruning's dependency graph, the same graph :mod:`pyroprune.surgery` uses
 for physical removal, so what is gated is exactly what can be removed.
 
+Opt-in *input-feature* sites (``input_gates``, as in SBP) gate the ``in_features`` inputs of chosen ``Linear``
+layers: :math:`y = W (x \\odot \\theta) + b`. Such a site is called ``"<module path>:in"`` (e.g.
+``"classifier.0:in"``); ``:`` never occurs in the paths ``nn.Module`` gives its submodules in practice, and a
+collision is refused.
+
 The gated network is the generative model of SBP (Neklyudov et al., 2017) and BMRS (Wright, Igel & Selvan,
 2024):
 
@@ -36,7 +41,15 @@ from torch import nn
 
 from .distributions import LogUniform
 
-__all__ = ["GateSite", "GatedNet", "find_gate_sites", "gate"]
+__all__ = [
+    "GateSite",
+    "GatedNet",
+    "find_gate_sites",
+    "gate",
+    "feature_site_name",
+    "input_gate_layers",
+    "FEATURE_SUFFIX",
+]
 
 _PRODUCER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -45,17 +58,35 @@ _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: or a module type (e.g. ``nn.Conv2d``).
 Selector = str | type
 
+#: Suffix of an input-feature site's name: the site gating the inputs of ``Linear`` ``"fc1"`` is ``"fc1:in"``.
+FEATURE_SUFFIX = ":in"
+
+_DIM_SUFFIX = {"neuron": "unit", "channel": "channel", "feature": "feature"}
+
+
+def feature_site_name(path: str) -> str:
+    """Name of the input-feature gate site of the ``Linear`` at module path ``path`` (``"fc1"`` -> ``"fc1:in"``).
+
+    ``.`` cannot be used (it separates module paths); ``:`` is a valid Pyro site name, ``nn.ParameterDict`` key
+    (after :class:`~pyroprune.guides.TruncatedLogNormalGuide` replaces ``.`` by ``__``), safetensors key and
+    netCDF variable name.
+    """
+    return f"{path}{FEATURE_SUFFIX}"
+
 
 @dataclass(frozen=True)
 class GateSite:
     """One gate site: ``size`` coupled structures sharing one vector of noise.
 
-    :param name: the Pyro sample site name, the module path of the first producer (e.g. ``"features.0"``).
-    :param size: the number of structures (neurons or channels).
-    :param kind: ``"neuron"`` (``Linear`` outputs) or ``"channel"`` (``Conv`` outputs).
-    :param producers: module paths of the ``Linear``/``Conv`` layers whose outputs are the structures.
+    :param name: the Pyro sample site name, the module path of the first producer (e.g. ``"features.0"``); for
+        an input-feature site the ``Linear``'s path followed by ``":in"`` (:func:`feature_site_name`).
+    :param size: the number of structures (neurons, channels or input features).
+    :param kind: ``"neuron"`` (``Linear`` outputs), ``"channel"`` (``Conv`` outputs) or ``"feature"`` (the
+        ``in_features`` inputs of one ``Linear``).
+    :param producers: module paths of the ``Linear``/``Conv`` layers whose outputs are the structures; for a
+        ``"feature"`` site the gated ``Linear`` itself (whose inputs are the structures).
     :param gated_modules: module paths whose outputs are multiplied by the gate (a producer, or the
-        ``BatchNorm`` right after it).
+        ``BatchNorm`` right after it); for a ``"feature"`` site the ``Linear`` whose *input* is multiplied.
     """
 
     name: str
@@ -66,9 +97,15 @@ class GateSite:
 
     @property
     def dim_name(self) -> str:
-        """Name of the structure dimension, e.g. ``fc1_unit`` or ``conv1_channel`` (ArviZ-friendly)."""
-        stem = self.name.replace(".", "_")
-        return f"{stem}_{'unit' if self.kind == 'neuron' else 'channel'}"
+        """Name of the structure dimension, e.g. ``fc1_unit``, ``conv1_channel`` or ``fc1_in_feature`` (for site
+        ``fc1:in``; ArviZ-friendly)."""
+        stem = self.name.replace(".", "_").replace(":", "_")
+        return f"{stem}_{_DIM_SUFFIX.get(self.kind, 'channel')}"
+
+    @property
+    def is_feature(self) -> bool:
+        """Whether the site gates the input features of a ``Linear`` (kind ``"feature"``)."""
+        return self.kind == "feature"
 
     def to_dict(self) -> dict:
         return {
@@ -104,6 +141,48 @@ def _check_selectors(net: nn.Module, selectors: Sequence[Selector], which: str) 
             raise ValueError(f"{which}: no module of the network matches {sel!r}")
 
 
+def input_gate_layers(net: nn.Module, selectors: Sequence[Selector]) -> list[str]:
+    """Module paths of the ``Linear`` layers whose input features ``selectors`` ask to gate.
+
+    A selector is a module path (``fnmatch`` patterns allowed) or a module type, as for ``include`` /
+    ``exclude``. A pattern with wildcards picks the ``Linear`` layers among the modules it matches; a plain path
+    or a type must name ``Linear`` layers only. A single selector may be given without a list.
+
+    :returns: the paths, in the order of ``net.named_modules()``, each once.
+    :raises ValueError: (one line, naming the selector) if a selector matches no ``Linear`` layer, or a plain
+        path or type selects a module that is not a ``Linear``.
+    :raises TypeError: for a selector that is neither a string nor a type.
+    """
+    if isinstance(selectors, str | type):  # one selector
+        selectors = [selectors]
+    modules = dict(net.named_modules())
+    linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+    chosen: list[str] = []
+    for sel in selectors:
+        if isinstance(sel, type):
+            if not issubclass(sel, nn.Linear):
+                raise ValueError(
+                    f"input_gates: {sel.__name__} is not a Linear type (input features are gated on Linear)"
+                )
+            hits = [n for n in linears if isinstance(modules[n], sel)]
+        elif isinstance(sel, str):
+            matched = [n for n in modules if fnmatch.fnmatchcase(n, sel)]
+            hits = [n for n in matched if isinstance(modules[n], nn.Linear)]
+            others = [n for n in matched if not isinstance(modules[n], nn.Linear)]
+            if others and (not hits or not any(c in sel for c in "*?[")):
+                where = others[0] or "<root>"
+                raise ValueError(
+                    f"input_gates: {sel!r} matches {where!r} ({type(modules[others[0]]).__name__}), not a Linear layer"
+                )
+        else:
+            raise TypeError(f"input_gates entries must be module paths or types, got {sel!r}")
+        if not hits:
+            shown = ", ".join(linears[:8]) + (", ..." if len(linears) > 8 else "")
+            raise ValueError(f"input_gates: no Linear layer of the network matches {sel!r} (Linear layers: {shown})")
+        chosen += [n for n in hits if n not in chosen]
+    return [n for n in linears if n in chosen]
+
+
 def _channel_dim(module: nn.Module) -> int:
     # Linear layers put features last ([B, C] or [B, T, C]); conv and batch-norm put channels at dim 1.
     return -1 if isinstance(module, nn.Linear) else 1
@@ -114,6 +193,7 @@ def find_gate_sites(
     example_input: torch.Tensor,
     include: Sequence[Selector] | None = None,
     exclude: Sequence[Selector] | None = None,
+    input_gates: Sequence[Selector] | None = None,
 ) -> list[GateSite]:
     """Find the prunable structures of ``net``, grouped by coupling.
 
@@ -121,18 +201,27 @@ def find_gate_sites(
     except those of the layers that produce the network's output (the final classifier): a group of channels
     that no downstream ``Linear``/``Conv`` consumes is never gated.
 
+    With ``input_gates``, every ``Linear`` layer they select also gets an input-feature site (kind
+    ``"feature"``, name ``"<path>:in"``, size ``in_features``), placed in execution order right before that
+    layer's own output site, so that kept counts read like SBP's (``245-160-55`` for LeNet-500-300). The
+    ``include``/``exclude`` selectors do not apply to these sites.
+
     :param net: any ``nn.Module``.
     :param example_input: an input batch, used to trace the network (Torch-Pruning's dependency graph).
     :param include: if given, keep only groups with a producer matching one of these module paths (``fnmatch``
         patterns) or types.
     :param exclude: drop groups with a producer matching one of these.
+    :param input_gates: ``Linear`` layers whose input features to gate: module paths (``fnmatch`` patterns
+        allowed) or types; see :func:`input_gate_layers`.
     :returns: the gate sites in execution order.
-    :raises ValueError: if a selector matches no module.
+    :raises ValueError: if a selector matches no module, an ``input_gates`` selector no ``Linear`` layer, or a
+        feature site's name is the path of a module.
     """
     include = list(include or [])
     exclude = list(exclude or [])
     _check_selectors(net, include, "include")
     _check_selectors(net, exclude, "exclude")
+    feature_layers = input_gate_layers(net, input_gates or [])
     names = {m: n for n, m in net.named_modules()}
     order = _execution_order(net, example_input)
     dg = dependency_graph(net, example_input)
@@ -166,7 +255,13 @@ def find_gate_sites(
         kind = "neuron" if isinstance(producers[0], nn.Linear) else "channel"
         sites.append(GateSite(producer_names[0], size, kind, tuple(producer_names), tuple(gated)))
     modules = dict(net.named_modules())
-    sites.sort(key=lambda s: order.get(modules[s.producers[0]], len(order)))
+    for path in feature_layers:
+        name = feature_site_name(path)
+        if name in modules:
+            raise ValueError(f"input_gates: the feature site name {name!r} is the path of a module; rename that module")
+        sites.append(GateSite(name, modules[path].in_features, "feature", (path,), (path,)))
+    # A feature site comes right before the output site of the same Linear (its inputs come first).
+    sites.sort(key=lambda s: (order.get(modules[s.producers[0]], len(order)), 0 if s.is_feature else 1))
     return sites
 
 
@@ -230,21 +325,37 @@ class _GateHook:
         self.holder, self.site, self.dim = holder, site, dim
 
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        return self.apply(output)
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` multiplied along ``self.dim`` by the site's gate (``t`` unchanged when no values are set)."""
         values = self.holder.values
         if values is None or self.site not in values:
-            return output
+            return t
         z = values[self.site]
         mask = self.holder.masks.get(self.site)
         if mask is not None:
             z = torch.where(mask.to(z.device), z, torch.zeros((), dtype=z.dtype, device=z.device))
         num_samples = z.numel() // z.shape[-1]
         z = z.reshape(num_samples, z.shape[-1])
-        dim = self.dim % output.dim()
+        dim = self.dim % t.dim()
         # Fold the sample dimension out of the batch: [S*B, ..., C, ...] -> [S, B, ..., C, ...].
-        shape = [1] * (output.dim() + 1)
+        shape = [1] * (t.dim() + 1)
         shape[0], shape[dim + 1] = num_samples, z.shape[-1]
-        out = output.reshape(num_samples, output.shape[0] // num_samples, *output.shape[1:])
-        return (out * z.reshape(shape)).reshape(output.shape)
+        out = t.reshape(num_samples, t.shape[0] // num_samples, *t.shape[1:])
+        return (out * z.reshape(shape)).reshape(t.shape)
+
+
+class _GateInputHook(_GateHook):
+    """Forward *pre*-hook multiplying a ``Linear``'s input features (last dim) by an input-feature site's gate."""
+
+    def __init__(self, holder: _GateValues, site: str) -> None:
+        super().__init__(holder, site, -1)
+
+    def __call__(self, module: nn.Module, inputs: tuple) -> tuple | None:  # type: ignore[override]
+        if self.holder.values is None or self.site not in self.holder.values:
+            return None
+        return (self.apply(inputs[0]), *inputs[1:])
 
 
 PriorSpec = dist.Distribution | Callable[[GateSite], dist.Distribution] | Mapping[str, dist.Distribution]
@@ -275,6 +386,9 @@ class GatedNet(nn.Module):
     :param exclude: see :func:`find_gate_sites`.
     :param num_data: size :math:`N` of the training set, for the likelihood scaling; may also be passed per
         call.
+    :param input_gates: ``Linear`` layers whose input features also get a gate site (SBP), see
+        :func:`find_gate_sites`. Such a gate :math:`z \\in (0, 1]^{d}` multiplies the layer's input,
+        :math:`W (x \\odot z) + b`, i.e. the weight's columns.
     :raises ValueError: if nothing is prunable.
     """
 
@@ -286,6 +400,7 @@ class GatedNet(nn.Module):
         include: Sequence[Selector] | None = None,
         exclude: Sequence[Selector] | None = None,
         num_data: int | None = None,
+        input_gates: Sequence[Selector] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -293,7 +408,9 @@ class GatedNet(nn.Module):
         if not isinstance(example_input, torch.Tensor):
             raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
         net = copy.deepcopy(net)
-        self.sites: tuple[GateSite, ...] = tuple(find_gate_sites(net, example_input, include, exclude))
+        self.sites: tuple[GateSite, ...] = tuple(
+            find_gate_sites(net, example_input, include, exclude, input_gates=input_gates)
+        )
         if not self.sites:
             raise ValueError(
                 f"nothing to prune in {type(net).__name__}: no Linear/Conv layer has outputs that feed another "
@@ -304,11 +421,16 @@ class GatedNet(nn.Module):
         self._holder = _GateValues()
         modules = dict(net.named_modules())
         self._site_modules = {s.name: [(p, modules[p]) for p in s.gated_modules] for s in self.sites}
+        self._feature_sites = {s.name: s.is_feature for s in self.sites}
         self._hooks = []
         for site in self.sites:
             for path in site.gated_modules:
-                hook = _GateHook(self._holder, site.name, _channel_dim(modules[path]))
-                self._hooks.append(modules[path].register_forward_hook(hook))
+                if site.is_feature:
+                    pre = _GateInputHook(self._holder, site.name)
+                    self._hooks.append(modules[path].register_forward_pre_hook(pre))
+                else:
+                    hook = _GateHook(self._holder, site.name, _channel_dim(modules[path]))
+                    self._hooks.append(modules[path].register_forward_hook(hook))
         self._prior_spec = prior if prior is not None else LogUniform(-20.0, 0.0)
         self._validate_prior()
 
@@ -388,7 +510,9 @@ class GatedNet(nn.Module):
 
         Scaling output channel c of a gated module by :math:`z_c` equals scaling row c of its weight and bias (a
         ``Linear``/``Conv``) or its affine weight and bias (a ``BatchNorm``): the parameters are far smaller
-        than the activations, so this is much cheaper than multiplying the output, forward and backward.
+        than the activations, so this is much cheaper than multiplying the output, forward and backward. An
+        input-feature gate scales the columns instead, :math:`W (x \\odot z) = (W \\operatorname{diag} z)\\, x`
+        (bias untouched); a ``Linear`` with both an output and an input gate gets both.
         ``None`` when a gated module has no weight to scale (non-affine BatchNorm): then the hooks do it.
         """
         unknown = set(gates) - set(self._site_modules)
@@ -399,13 +523,19 @@ class GatedNet(nn.Module):
             mask = self._holder.masks.get(name)
             if mask is not None:
                 z = torch.where(mask.to(z.device), z, torch.zeros((), dtype=z.dtype, device=z.device))
+            feature = self._feature_sites.get(name, False)
             for path, module in self._site_modules[name]:
                 weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
                 if not isinstance(weight, torch.Tensor):
                     return None
-                overrides[f"{path}.weight" if path else "weight"] = weight * z.reshape(-1, *([1] * (weight.dim() - 1)))
+                wkey, bkey = (f"{path}.weight", f"{path}.bias") if path else ("weight", "bias")
+                w = overrides.get(wkey, weight)
+                if feature:  # input features: columns of the Linear's weight
+                    overrides[wkey] = w * z
+                    continue
+                overrides[wkey] = w * z.reshape(-1, *([1] * (weight.dim() - 1)))
                 if isinstance(bias, torch.Tensor):
-                    overrides[f"{path}.bias" if path else "bias"] = bias * z
+                    overrides[bkey] = overrides.get(bkey, bias) * z
         return overrides
 
     @contextmanager
@@ -443,8 +573,9 @@ class GatedNet(nn.Module):
         """A deep copy of the underlying network without the gate hooks (a plain ``nn.Module``)."""
         clone = copy.deepcopy(self.net)
         for m in clone.modules():
-            for key in [k for k, h in m._forward_hooks.items() if isinstance(h, _GateHook)]:
-                del m._forward_hooks[key]
+            for hooks in (m._forward_hooks, m._forward_pre_hooks):
+                for key in [k for k, h in hooks.items() if isinstance(h, _GateHook)]:
+                    del hooks[key]
         return clone
 
 
@@ -477,6 +608,15 @@ def gate(
     include: Sequence[Selector] | None = None,
     exclude: Sequence[Selector] | None = None,
     num_data: int | None = None,
+    input_gates: Sequence[Selector] | None = None,
 ) -> GatedNet:
     """Attach gates to ``net``'s prunable structures; see :class:`GatedNet`."""
-    return GatedNet(net, example_input, prior=prior, include=include, exclude=exclude, num_data=num_data)
+    return GatedNet(
+        net,
+        example_input,
+        prior=prior,
+        include=include,
+        exclude=exclude,
+        num_data=num_data,
+        input_gates=input_gates,
+    )

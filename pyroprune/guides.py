@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import nn
@@ -27,7 +28,7 @@ from torch import nn
 from .distributions import TruncatedLogNormal
 from .gates import GatedNet, GateSite
 
-__all__ = ["TruncatedLogNormalGuide", "auto_guide", "check_local_params"]
+__all__ = ["NormalNoiseGuide", "TruncatedLogNormalGuide", "auto_guide", "check_local_params"]
 
 
 def _key(site_name: str) -> str:
@@ -94,3 +95,46 @@ def check_local_params(module) -> None:
                 "module-local: build it with pyroprune.guides.auto_guide(" + type(m).__name__ + ", gated, ...) "
                 "or inside pyro.settings.context(module_local_params=True)"
             )
+
+
+class NormalNoiseGuide(nn.Module):
+    r"""Mean-field Gaussian dropout-noise guide of RBP over every gate site of ``gated``:
+
+    .. math::
+
+        q(\theta_{s,c}) = \mathcal N(\theta_{s,c} \mid \mu_{s,c}, \sigma_{s,c}^2),
+        \qquad \theta_{s,c} \in \mathbb R,
+
+    i.e. multiplicative Gaussian noise :math:`\theta = \mu(1 + \sqrt{\alpha}\,\xi)`, :math:`\xi \sim
+    \mathcal N(0, 1)`, with learnable mean :math:`\mu` and variance :math:`\sigma^2` (dropout rate
+    :math:`\alpha = \sigma^2/\mu^2`). Initialised at :math:`\mu = 1` (the pretrained network) and a small
+    :math:`\sigma`. Same conventions as :class:`TruncatedLogNormalGuide`: module-local ``nn.Parameter`` s
+    ``loc`` and ``log_scale`` (one ``nn.ParameterDict`` entry per site), no global param store. Pair it with a
+    :class:`~pyroprune.distributions.DiracLike` prior (closed-form KL).
+
+    :param gated: the gated network (or a sequence of :class:`~pyroprune.gates.GateSite`).
+    :param init_loc: initial :math:`\mu` (1: the gate leaves the structure as trained).
+    :param init_log_scale: initial :math:`\log\sigma`.
+    """
+
+    def __init__(
+        self,
+        gated: GatedNet | list[GateSite] | tuple[GateSite, ...],
+        init_loc: float = 1.0,
+        init_log_scale: float = -5.0,
+    ) -> None:
+        super().__init__()
+        sites = gated.sites if isinstance(gated, GatedNet) else tuple(gated)
+        self.site_names = [s.name for s in sites]
+        self.loc = nn.ParameterDict({_key(s.name): nn.Parameter(torch.full((s.size,), float(init_loc))) for s in sites})
+        self.log_scale = nn.ParameterDict(
+            {_key(s.name): nn.Parameter(torch.full((s.size,), float(init_log_scale))) for s in sites}
+        )
+
+    def distribution(self, name: str) -> dist.Normal:
+        r"""The variational distribution of gate site ``name`` (batch shape ``[C]``), a Normal over
+        :math:`\theta`."""
+        return dist.Normal(self.loc[_key(name)], self.log_scale[_key(name)].exp())
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return {name: pyro.sample(name, self.distribution(name).to_event(1)) for name in self.site_names}

@@ -9,6 +9,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .layers import FeatureSelectLinear
+
 __all__ = ["count_params", "count_macs", "measure_latency"]
 
 
@@ -20,9 +22,36 @@ def count_params(net: nn.Module) -> int:
 @torch.no_grad()
 def count_macs(net: nn.Module, example_input: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass of a single example, as counted by Torch-Pruning (bias additions
-    included, so an MLP has as many MACs as parameters)."""
-    macs, _ = tp.utils.count_ops_and_params(net, example_input[:1])
-    return int(macs)
+    included, so an MLP has as many MACs as parameters).
+
+    Torch-Pruning's counter matches module types exactly, so it skips a
+    :class:`~pyroprune.layers.FeatureSelectLinear`; such a layer is counted here like a ``Linear`` with its
+    reduced ``in_features``: :math:`n \\cdot d_{\\text{kept}} \\cdot d_{\\text{out}} + d_{\\text{out}}` for
+    :math:`n` input rows (the selection itself is free).
+    """
+    x = example_input[:1]
+    macs, _ = tp.utils.count_ops_and_params(net, x)
+    selecting = [m for m in net.modules() if type(m) is FeatureSelectLinear]
+    if not selecting:
+        return int(macs)
+    extra = []
+
+    def count(module: FeatureSelectLinear, inputs, output: torch.Tensor) -> None:
+        rows = inputs[0].numel() // inputs[0].shape[-1]
+        extra.append(
+            rows * module.in_features * module.out_features + (output.shape[-1] if module.bias is not None else 0)
+        )
+
+    handles = [m.register_forward_hook(count) for m in selecting]
+    was_training = net.training
+    net.eval()
+    try:
+        net(x)
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    return int(macs) + sum(extra)
 
 
 @torch.no_grad()

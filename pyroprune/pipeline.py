@@ -5,6 +5,8 @@ Two schedules (Wright, Igel & Selvan 2024, §4 and their public code):
 * ``"post-training"``: fit the gate posterior (weights trained jointly) for ``epochs``, decide once.
 * ``"continuous"``: after every epoch decide again and fix the pruned gates at zero for the rest of training
   (masks only ever shrink), decide once more at the end.
+* ``"recursive"`` (RBP, :mod:`pyroprune.infer.recursive`): layer by layer from the input side, each layer's
+  Gaussian dropout noise fitted under the Dirac-like prior with the earlier layers already pruned and fixed.
 
 Then the pruned structures are physically removed, the kept gates' :math:`E[\\theta]` folded into the
 weights, and the plain network fine-tuned (best validation checkpoint kept).
@@ -12,7 +14,7 @@ weights, and the plain network fine-tuned (best validation checkpoint kept).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -34,10 +36,13 @@ __all__ = [
     "network_metrics",
     "predict_proba",
     "prune_and_measure",
+    "measure_result",
+    "remove_and_finetune",
+    "decide_again",
     "SCHEDULES",
 ]
 
-SCHEDULES = ("post-training", "continuous")
+SCHEDULES = ("post-training", "continuous", "recursive")
 
 
 @dataclass
@@ -58,8 +63,20 @@ class PruneConfig:
     finetune_epochs: int = 10
     finetune_lr: float = 1e-3
     seed: int = 0
+    #: ``Linear`` layers (module paths, ``fnmatch`` patterns allowed) whose input features get gate sites too
+    #: (SBP's input gates, e.g. ``["features.0"]`` for LeNet-500-300's pixels); see ``GatedNet(input_gates=...)``.
+    input_gates: list[str] = field(default_factory=list)
+    #: RBP (``schedule="recursive"``): the Dirac-like prior's width at the first and the last epoch of each layer's
+    #: fit, how it moves in between (``"geometric"`` or ``"constant"``), and plain fine-tuning epochs after each
+    #: layer's decision; see ``docs/methods/rbp.md``.
+    prior_eps: float = 1.0
+    prior_eps_end: float = 0.1
+    eps_schedule: str = "geometric"
+    finetune_epochs_per_layer: int = 0
 
     def validate(self) -> None:
+        if not isinstance(self.input_gates, list | tuple) or not all(isinstance(g, str) for g in self.input_gates):
+            raise ValueError(f"'input_gates' must be a list of module paths (strings), got {self.input_gates!r}")
         if self.method not in RULES:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(RULES)}")
         if self.schedule not in SCHEDULES:
@@ -75,6 +92,24 @@ class PruneConfig:
         for name in ("lr", "guide_lr", "finetune_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"'{name}' must be > 0")
+        self._validate_recursive()
+
+    def _validate_recursive(self) -> None:
+        from .infer.recursive import RBP_METHODS
+        from .methods.rbp import eps_schedule
+
+        eps_schedule(self.prior_eps, self.prior_eps_end, 1, self.eps_schedule)  # widths and kind
+        if self.finetune_epochs_per_layer < 0:
+            raise ValueError(f"'finetune_epochs_per_layer' must be >= 0, got {self.finetune_epochs_per_layer}")
+        recursive = self.schedule == "recursive"
+        if recursive and self.method not in RBP_METHODS:
+            raise ValueError(
+                f"schedule 'recursive' needs an RBP method ({', '.join(RBP_METHODS)}), got 'method' {self.method!r}"
+            )
+        if not recursive and self.method in RBP_METHODS:
+            raise ValueError(f"method {self.method!r} needs schedule 'recursive' (got 'schedule' {self.schedule!r})")
+        if recursive and self.input_gates:
+            raise ValueError("'input_gates' is not supported by the recursive schedule")
 
 
 @dataclass
@@ -119,8 +154,18 @@ def prune_network(
 
     config = config or PruneConfig()
     config.validate()
+    if config.schedule == "recursive":  # RBP: layer by layer (pyroprune.infer.recursive)
+        from .infer.recursive import prune_recursive
+
+        return prune_recursive(net, data, config, progress, checkpoint_dir=checkpoint_dir, resume=resume)
     example = data.train.x[:2]
-    gated = GatedNet(net, example, prior=LogUniform(config.prior_low, config.prior_high), num_data=len(data.train))
+    gated = GatedNet(
+        net,
+        example,
+        prior=LogUniform(config.prior_low, config.prior_high),
+        num_data=len(data.train),
+        input_gates=list(config.input_gates),
+    )
     device = example.device
     dtype = next(net.parameters()).dtype
     guide = TruncatedLogNormalGuide(
@@ -159,7 +204,19 @@ def prune_network(
     )
     posterior = posterior_from_guide(guide, gated)
     plan = current_plan(posterior)
-    pruned = remove(gated, plan, example)
+    pruned, finetune = remove_and_finetune(gated, plan, data, config, progress=progress)
+    return PruneResult(gated, guide, posterior, plan, pruned, history, finetune, config)
+
+
+def remove_and_finetune(
+    gated: GatedNet, plan: PruningPlan, data: DataSplits, config: PruneConfig, progress: bool = True
+) -> tuple[nn.Module, list[dict]]:
+    """Physically remove what ``plan`` prunes (kept gates' :math:`E[\\theta]` folded in), then fine-tune the
+    plain network for ``config.finetune_epochs`` (best validation checkpoint kept).
+
+    :returns: the pruned network and the fine-tuning history.
+    """
+    pruned = remove(gated, plan, data.train.x[:2])
     finetune = train_plain(
         pruned,
         data.train,
@@ -171,7 +228,27 @@ def prune_network(
         progress=progress,
         description="fine-tune",
     )
-    return PruneResult(gated, guide, posterior, plan, pruned, history, finetune, config)
+    return pruned, finetune
+
+
+def decide_again(
+    result: PruneResult, data: DataSplits, method: str, method_params: dict | None = None, progress: bool = True
+) -> PruneResult:
+    """Another rule applied to the posterior ``result`` already holds: decide, remove, fine-tune.
+
+    Valid for the post-training schedule, where the fit does not depend on the rule, so one SVI fit serves
+    every rule (as in the comparisons of Wright et al. 2024). Under the continuous schedule the masks applied
+    during training came from ``result``'s own rule, so this raises.
+    """
+    if result.config.schedule != "post-training":
+        raise ValueError(
+            f"decide_again needs a post-training fit (schedule {result.config.schedule!r} ties the fit to its rule)"
+        )
+    config = replace(result.config, method=method, method_params=dict(method_params or {}))
+    config.validate()
+    plan = decide(result.posterior, method, result.gated, **config.method_params)
+    pruned, finetune = remove_and_finetune(result.gated, plan, data, config, progress=progress)
+    return PruneResult(result.gated, result.guide, result.posterior, plan, pruned, result.history, finetune, config)
 
 
 @torch.no_grad()
@@ -231,7 +308,17 @@ def prune_and_measure(
         input width for flat inputs.
     """
     result = prune_network(dense, data, config, progress=progress, **prune_kwargs)
+    return result, measure_result(result, dense, data, model=model, dense_trained=dense_trained)
+
+
+def measure_result(
+    result: PruneResult, dense: nn.Module, data: DataSplits, *, model: str, dense_trained: bool = True
+) -> dict:
+    """The metrics dict of :func:`prune_and_measure` for a finished ``result`` (test split)."""
+    config = result.config
     width = data.input_shape[0] if len(data.input_shape) == 1 else None
+    if result.gated.sites and result.gated.sites[0].kind == "feature":
+        width = None  # the first site's input features stand for the input (SBP's "784-500-300")
     dense_kept = "-".join(([str(width)] if width else []) + [str(s.size) for s in result.gated.sites])
     dense_m = network_metrics(dense, data, dense_kept)
     pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(width))
@@ -250,7 +337,7 @@ def prune_and_measure(
         "macs_reduction": dense_m["macs"] / pruned_m["macs"],
         "latency_speedup": dense_m["latency_ms"] / pruned_m["latency_ms"],
     }
-    return result, metrics
+    return metrics
 
 
 @torch.no_grad()

@@ -99,7 +99,14 @@ class PruningPlan:
         return [sp.site.size for sp in self.sites]
 
     def kept_string(self, input_size: int | None = None) -> str:
-        """Kept structures per layer, e.g. ``"64-31-12"`` (input width first when given)."""
+        """Kept structures per layer, e.g. ``"64-31-12"`` (input width first when given).
+
+        When the first site gates input features (kind ``"feature"``, e.g. the pixels entering LeNet-500-300's
+        first layer) its kept count already stands for the input and ``input_size`` is not repeated: SBP's
+        ``"245-160-55"``, not ``"784-245-160-55"``.
+        """
+        if self.sites and self.sites[0].site.kind == "feature":
+            input_size = None
         parts = ([str(input_size)] if input_size is not None else []) + [str(k) for k in self.kept]
         return "-".join(parts)
 

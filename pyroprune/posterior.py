@@ -5,10 +5,15 @@ distribution with batch shape ``[C]``, e.g. the truncated normal of the SBP/BMRS
 of an ``AutoNormal``) or only posterior draws of :math:`\\theta` (any other guide). Decision rules
 (:mod:`pyroprune.methods`) read it; they use closed forms where the marginal admits them, quadrature where
 only a density is known, and Monte Carlo where only draws are.
+
+Real-valued gates (RBP's Gaussian dropout noise, :class:`~pyroprune.guides.NormalNoiseGuide`) have no
+:math:`\\log\\theta`: their marginals are kept over :math:`\\theta` itself, in ``theta_marginals``; ``draws``,
+``mean`` and ``stddev`` read them, so every consumer of draws (the diagnostics) works unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,7 +26,7 @@ from torch.distributions import biject_to
 
 from .distributions import TruncatedNormal
 from .gates import GatedNet, GateSite
-from .guides import TruncatedLogNormalGuide
+from .guides import NormalNoiseGuide, TruncatedLogNormalGuide
 
 __all__ = ["GatePosterior", "posterior_from_guide"]
 
@@ -36,6 +41,8 @@ class GatePosterior:
     :param marginals: per site, the marginal distribution of :math:`\\log\\theta` (batch ``[C]``), if known.
     :param samples: per site, posterior draws of :math:`\\theta` with shape ``[S, C]``.
     :param guide_name: what produced it (recorded in plans and reports).
+    :param theta_marginals: per site, the marginal distribution of :math:`\\theta` itself (batch ``[C]``), for
+        real-valued gates (RBP); ``low``/``high`` are then :math:`\\mp\\infty`.
     """
 
     sites: tuple[GateSite, ...]
@@ -44,6 +51,7 @@ class GatePosterior:
     marginals: dict[str, dist.Distribution] = field(default_factory=dict)
     samples: dict[str, torch.Tensor] = field(default_factory=dict)
     guide_name: str = ""
+    theta_marginals: dict[str, dist.Distribution] = field(default_factory=dict)
 
     def site(self, name: str) -> GateSite:
         for s in self.sites:
@@ -55,6 +63,8 @@ class GatePosterior:
         """Draws of :math:`\\theta` for site ``name``, shape ``[S, C]`` (from the marginal if known)."""
         if name in self.samples:
             return self.samples[name]
+        if name in self.theta_marginals:
+            return self.theta_marginals[name].sample((num_samples,))
         x = self.marginals[name].sample((num_samples,))
         return x.exp()
 
@@ -63,6 +73,8 @@ class GatePosterior:
         m = self.marginals.get(name)
         if isinstance(m, TruncatedNormal):
             return _theta_of(m).mean
+        if name in self.theta_marginals:
+            return self.theta_marginals[name].mean
         return self.draws(name).mean(0)
 
     def stddev(self, name: str) -> torch.Tensor:
@@ -70,6 +82,8 @@ class GatePosterior:
         m = self.marginals.get(name)
         if isinstance(m, TruncatedNormal):
             return _theta_of(m).variance.sqrt()
+        if name in self.theta_marginals:
+            return self.theta_marginals[name].stddev
         return self.draws(name).std(0)
 
     def truncated_normal(self, name: str) -> TruncatedNormal | None:
@@ -78,6 +92,11 @@ class GatePosterior:
         if isinstance(m, TruncatedNormal):
             return m
         return None
+
+    def normal(self, name: str) -> dist.Normal | None:
+        """The site's marginal of :math:`\\theta` if it is a Normal (RBP's Gaussian noise), else ``None``."""
+        m = self.theta_marginals.get(name)
+        return m if isinstance(m, dist.Normal) else None
 
 
 def _theta_of(m: TruncatedNormal):
@@ -108,11 +127,17 @@ def posterior_from_guide(
 
     * :class:`~pyroprune.guides.TruncatedLogNormalGuide`: exact truncated-normal marginals of
       :math:`\\log\\theta`.
+    * :class:`~pyroprune.guides.NormalNoiseGuide` (RBP): exact Normal marginals of :math:`\\theta` itself
+      (``theta_marginals``).
     * ``AutoNormal`` over the gate sites: its marginals pushed through the support's bijection (a logit-normal
       on :math:`[a, b]` in :math:`\\log\\theta`).
     * any other guide: ``num_samples`` joint draws, taken in one vectorised call (a particle plate outside
       all other plates), kept as samples of :math:`\\theta`.
     """
+    if isinstance(guide, NormalNoiseGuide):
+        theta = {name: guide.distribution(name) for name in guide.site_names}
+        theta = {name: dist.Normal(d.loc.detach(), d.scale.detach()) for name, d in theta.items()}
+        return GatePosterior(gated.sites, -math.inf, math.inf, theta_marginals=theta, guide_name=type(guide).__name__)
     low, high = _prior_bounds(gated)
     if isinstance(guide, TruncatedLogNormalGuide):
         marginals = {

@@ -51,6 +51,8 @@ from .models import MODEL_REGISTRY
 from .pipeline import SCHEDULES, PruneConfig
 
 __all__ = [
+    "builtin_recipes",
+    "resolve_recipe",
     "DATASETS",
     "Recipe",
     "apply_overrides",
@@ -119,18 +121,40 @@ class Recipe:
     source: str | None = None
 
 
-def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
-    """Read, override and validate the recipe file ``path``.
+def builtin_recipes() -> dict[str, Path]:
+    """The recipes shipped with pyroprune (package ``pyroprune.recipe_files``): name -> file."""
+    from importlib.resources import files
 
-    :param path: a ``.toml`` recipe file.
+    root = files("pyroprune.recipe_files")
+    return {p.name.removesuffix(".toml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml")}
+
+
+def resolve_recipe(path_or_name: str | Path) -> Path:
+    """The recipe file ``path_or_name`` names: an existing file, else a built-in recipe's name (see
+    :func:`builtin_recipes`).
+
+    :raises FileNotFoundError: naming the path and listing the built-in recipes.
+    """
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    builtin = builtin_recipes()
+    name = path.name.removesuffix(".toml")
+    if str(path_or_name).removesuffix(".toml") == name and name in builtin:
+        return builtin[name]
+    raise FileNotFoundError(f"recipe file not found: {path} (built-in recipes: {', '.join(sorted(builtin))})")
+
+
+def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe.
+
+    :param path: a ``.toml`` recipe file, or the name of a built-in recipe (``"sbp-lenet5-caffe-mnist"``).
     :param sets: ``key=value`` overrides applied before validation (see :func:`apply_overrides`).
-    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises FileNotFoundError: if ``path`` is neither a file nor a built-in recipe.
     :raises ValueError: if the file is not valid TOML (the message names the file and the line) or the recipe is
         invalid (the message names the file and the dotted key).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file not found: {path}")
+    path = resolve_recipe(path)
     try:
         with path.open("rb") as f:
             raw = tomllib.load(f)
@@ -217,6 +241,8 @@ def recipe_from_dict(d: Mapping[str, Any], source: str | None = None) -> Recipe:
         config.validate()
     except ValueError as e:
         raise ValueError(f"recipe {name!r}: {_qualify(str(e), prune_schema)}") from None
+    if config.input_gates:
+        _check_input_gates(config.input_gates, factory, model)
 
     return Recipe(
         name=name,
@@ -388,6 +414,24 @@ def _check_range(
     for key in nonnegative:
         if key in table and table[key] < 0:
             raise ValueError(f"'{_join(path, key)}' must be >= 0, got {table[key]!r}")
+
+
+def _check_input_gates(selectors: Sequence[str], factory: Callable, model: Mapping[str, Any]) -> None:
+    """Every ``prune.input_gates`` entry must select a ``Linear`` layer of the recipe's model (checked on a
+    model built on the ``meta`` device, so before hours of dense pre-training rather than after)."""
+    import torch
+
+    from .gates import input_gate_layers
+
+    try:
+        with torch.device("meta"):
+            net = factory(**model["kwargs"])
+    except Exception:  # noqa: BLE001 - a model that cannot be built here is checked when it is gated
+        return
+    try:
+        input_gate_layers(net, list(selectors))
+    except ValueError as e:
+        raise ValueError(f"'prune.input_gates' ({model['name']}): {str(e).removeprefix('input_gates: ')}") from None
 
 
 def _prune_schema() -> dict[str, tuple[object, object]]:

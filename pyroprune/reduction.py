@@ -33,7 +33,14 @@ from torch.distributions import constraints
 from .distributions import TruncatedLogNormal, TruncatedNormal, _clamp, _log_expm1
 from .special import LOG_SQRT_2PI, SQRT_2, log_ndtr_diff_scaled
 
-__all__ = ["delta_f_bmrs_n", "delta_f_bmrs_u", "delta_f_quadrature", "log_snr"]
+__all__ = [
+    "delta_f_bmrs_n",
+    "delta_f_bmrs_u",
+    "delta_f_dirac_like",
+    "delta_f_quadrature",
+    "log_snr",
+    "reduced_normal_posterior",
+]
 
 _LOG_2 = math.log(2.0)
 
@@ -261,6 +268,25 @@ def _local_scale(d, x: torch.Tensor) -> torch.Tensor:
     return 1.0 / g.detach().abs()
 
 
+#: Half-width, in scales, of the integration window of :func:`delta_f_quadrature` for priors on the real line.
+_WINDOW_SCALES = 40.0
+
+
+def _mass_window(posterior, reduced_prior) -> tuple[torch.Tensor, torch.Tensor] | None:
+    r"""The union of :math:`[c - 40 s, c + 40 s]` over the posterior and the reduced prior: where
+    :math:`q\,\tilde p/p` has its mass when the prior :math:`p` lives on the whole real line (a Gaussian-type
+    :math:`p` wider than :math:`\tilde p` cannot lift the integrand anywhere else)."""
+    lows, highs = [], []
+    for d in (posterior, reduced_prior):
+        for c, s in _location_scale(d)[:1]:
+            lows.append(c - _WINDOW_SCALES * s)
+            highs.append(c + _WINDOW_SCALES * s)
+    if len(lows) < 2:
+        return None
+    lo, hi = torch.broadcast_tensors(*lows), torch.broadcast_tensors(*highs)
+    return torch.stack(lo).min(0).values, torch.stack(hi).max(0).values
+
+
 def delta_f_quadrature(
     posterior,
     prior,
@@ -271,7 +297,9 @@ def delta_f_quadrature(
     r""":math:`\Delta F = \log\int q(x)\,\tilde p(x)/p(x)\,dx` for any univariate posterior, prior and reduced
     prior over :math:`x` (e.g. :math:`x = \log\theta`), by composite Gauss--Legendre quadrature in log space.
 
-    The integration interval is the prior's support (an interval). It is cut into ``num_panels`` equal panels
+    The integration interval is the prior's support (an interval); for a prior on the whole real line (e.g. the
+    Dirac-like prior of RBP) it is the union of :math:`[c - 40 s, c + 40 s]` over the posterior and the reduced
+    prior (centre :math:`c`, scale :math:`s`). It is cut into ``num_panels`` equal panels
     plus panels concentrated where the integrand has its mass: around the centre (``mean`` and ``loc``) of
     each of the three distributions, and of the Gaussian product of the posterior and the reduced prior, at
     distances :math:`\pm 2^{j} s` (:math:`j = -3, \dots, 7`) for their scale :math:`s` (``stddev``,
@@ -290,7 +318,12 @@ def delta_f_quadrature(
     """
     bounds = _interval_of(prior)
     if bounds is None or bounds[0] is None or bounds[1] is None:
-        raise ValueError("delta_f_quadrature: the prior's support must be a bounded interval")
+        bounds = _mass_window(posterior, reduced_prior)
+        if bounds is None:
+            raise ValueError(
+                "delta_f_quadrature: the prior's support must be a bounded interval, or the posterior and the "
+                "reduced prior must have a location and scale (mean/stddev or loc/scale) to bound the integral"
+            )
     ref = None
     for d in (posterior, prior, reduced_prior):
         for c, _ in _location_scale(d):
@@ -361,3 +394,68 @@ def delta_f_quadrature(
     # empty panels (coinciding breakpoints) carry weight 0 whatever the integrand does there
     terms = torch.where(torch.isfinite(log_w), log_w + log_f, torch.full_like(log_f, -math.inf))
     return torch.logsumexp(terms, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RBP: reduction of a Gaussian gate posterior against the Dirac-like spike
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _dirac_like_terms(loc, scale, eps_fit, eps_spike):
+    r"""``(log D, 1 - r)`` with :math:`r = (\varepsilon_s/\varepsilon_f)^2`, :math:`D = \varepsilon_s^2 + (1 -
+    r)\sigma^2`, broadcast tensors; validates the widths."""
+    from .distributions import _check_eps
+
+    _check_eps(eps_fit, "eps_fit")
+    _check_eps(eps_spike, "eps_spike")
+    loc_t = torch.as_tensor(loc)
+    dtype = loc_t.dtype if loc_t.is_floating_point() else torch.get_default_dtype()
+    loc, scale, eps_fit, eps_spike = (
+        torch.as_tensor(v, dtype=dtype, device=loc_t.device) for v in (loc, scale, eps_fit, eps_spike)
+    )
+    loc, scale, eps_fit, eps_spike = torch.broadcast_tensors(loc, scale, eps_fit, eps_spike)
+    log_ratio = torch.log(eps_spike) - torch.log(eps_fit)
+    if not bool((log_ratio < 0).all()):
+        raise ValueError("'eps_spike' must be < 'eps_fit' (the reduced prior is the narrower spike)")
+    one_minus_r = -torch.expm1(2.0 * log_ratio)
+    log_d = torch.logaddexp(2.0 * torch.log(eps_spike), torch.log(one_minus_r) + 2.0 * torch.log(scale))
+    return loc, scale, eps_fit, eps_spike, log_d, one_minus_r
+
+
+def delta_f_dirac_like(loc, scale, eps_fit, eps_spike=1e-3) -> torch.Tensor:
+    r""":math:`\Delta F` of RBP's threshold-free rule: the Gaussian gate posterior :math:`q(\theta) = \mathcal
+    N(\mu, \sigma^2)`, fitted under the Dirac-like prior :math:`p = \mathcal N(0, \varepsilon_f^2)`
+    (:class:`~pyroprune.distributions.DiracLike`), against the reduced, narrower spike :math:`\tilde p =
+    \mathcal N(0, \varepsilon_s^2)`, :math:`\varepsilon_s < \varepsilon_f`:
+
+    .. math::
+
+        \Delta F = \log \int q(\theta)\,\frac{\tilde p(\theta)}{p(\theta)}\,d\theta
+            = \log\varepsilon_f - \tfrac12 \log D - \frac{(1 - r)\,\mu^2}{2D},
+        \qquad r = \frac{\varepsilon_s^2}{\varepsilon_f^2},\quad D = \varepsilon_s^2 + (1 - r)\,\sigma^2.
+
+    (Gaussian integral of :math:`q` times :math:`e^{-\lambda\theta^2/2}`, :math:`\lambda =
+    \varepsilon_s^{-2} - \varepsilon_f^{-2}`.) :math:`\Delta F = 0` when :math:`q = p`; the limit
+    :math:`\varepsilon_s \to 0` is the Savage--Dickey ratio :math:`\log[q(0)/p(0)] = \log(\varepsilon_f/\sigma)
+    - \mu^2/(2\sigma^2)`. :math:`1 - r` is taken as ``-expm1``, :math:`\log D` as a ``logaddexp``, so nothing
+    overflows for widths from :math:`10^{-30}` to :math:`10^{30}`. Prune where :math:`\ge 0`.
+
+    :raises ValueError: if a width is not finite and > 0 or :math:`\varepsilon_s \ge \varepsilon_f`.
+    """
+    loc, scale, eps_fit, eps_spike, log_d, one_minus_r = _dirac_like_terms(loc, scale, eps_fit, eps_spike)
+    return torch.log(eps_fit) - 0.5 * log_d - 0.5 * one_minus_r * loc * loc * torch.exp(-log_d)
+
+
+def reduced_normal_posterior(loc, scale, eps_fit, eps_spike=1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The posterior after reduction, :math:`\tilde q \propto q\,\tilde p/p` (BMR's second output): for the
+    pair of :func:`delta_f_dirac_like` it is Gaussian,
+
+    .. math::
+
+        \tilde q = \mathcal N\!\left(\frac{\varepsilon_s^2}{D}\,\mu,\; \frac{\varepsilon_s^2}{D}\,\sigma^2\right).
+
+    :returns: ``(loc, scale)`` of :math:`\tilde q`.
+    """
+    loc, scale, eps_fit, eps_spike, log_d, _ = _dirac_like_terms(loc, scale, eps_fit, eps_spike)
+    shrink = torch.exp(2.0 * torch.log(eps_spike) - log_d)
+    return loc * shrink, scale * shrink.sqrt()

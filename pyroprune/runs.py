@@ -23,13 +23,14 @@ import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from .data import DataSplits, load_dataset, load_digits
 from .diagnostics.run import RunArtifacts
 from .distributions import LogUniform
 from .gates import GatedNet
-from .guides import TruncatedLogNormalGuide
+from .guides import NormalNoiseGuide, TruncatedLogNormalGuide
 from .models import build_model
 from .pipeline import PruneConfig, PruneResult
 from .plan import PruningPlan, atomic_write_text
@@ -106,6 +107,11 @@ def save_run(
         "finetune": result.finetune_history,
         "metadata": metadata or {},
     }
+    if isinstance(result.guide, NormalNoiseGuide):  # RBP: the per-structure Dirac-like prior of the final model
+        doc["gate_prior"] = {
+            "kind": "dirac-like",
+            "eps": {s.name: result.gated.prior(s).eps.detach().cpu().double().tolist() for s in result.gated.sites},
+        }
     atomic_write_text(directory / "run.json", json.dumps(doc, indent=1))
 
 
@@ -154,7 +160,7 @@ def load_run(directory: str | os.PathLike, device="cpu", data_root=None) -> tupl
         raise ValueError(f"{directory / 'run.json'} is not a pyroprune run description")
     if doc.get("version") != 1:
         raise ValueError(f"{directory / 'run.json'}: run format version {doc.get('version')!r} is not supported (1)")
-    if doc.get("guide") != TruncatedLogNormalGuide.__name__:
+    if doc.get("guide") not in (TruncatedLogNormalGuide.__name__, NormalNoiseGuide.__name__):
         raise ValueError(f"{directory / 'run.json'}: guide {doc.get('guide')!r} cannot be rebuilt from a run directory")
     known = {f.name for f in fields(PruneConfig)}
     config = PruneConfig(**{k: v for k, v in doc["config"].items() if k in known})
@@ -162,10 +168,23 @@ def load_run(directory: str | os.PathLike, device="cpu", data_root=None) -> tupl
     net = build_model(doc["arch"]["name"], **doc["arch"].get("kwargs", {}))
     net.load_state_dict(load_file(str(directory / "posterior" / "net.safetensors")))
     net.to(device)
-    gated = GatedNet(
-        net, data.train.x[:2], prior=LogUniform(config.prior_low, config.prior_high), num_data=len(data.train)
-    )
-    guide = TruncatedLogNormalGuide(gated, config.prior_low, config.prior_high)
+    if doc["guide"] == NormalNoiseGuide.__name__:  # RBP (recursive schedule): per-structure Dirac-like prior
+        from .distributions import DiracLike
+
+        eps = (doc.get("gate_prior") or {}).get("eps") or {}
+        ref = next(net.parameters())
+        prior = {k: DiracLike(torch.tensor(v, dtype=ref.dtype, device=ref.device)) for k, v in eps.items()}
+        gated = GatedNet(net, data.train.x[:2], prior=prior, num_data=len(data.train))
+        guide = NormalNoiseGuide(gated)
+    else:
+        gated = GatedNet(
+            net,
+            data.train.x[:2],
+            prior=LogUniform(config.prior_low, config.prior_high),
+            num_data=len(data.train),
+            input_gates=list(config.input_gates),
+        )
+        guide = TruncatedLogNormalGuide(gated, config.prior_low, config.prior_high)
     guide.load_state_dict(load_file(str(directory / "posterior" / "guide.safetensors")))
     guide.to(device)
     plan = PruningPlan.load(directory / "plan.json")

@@ -3,7 +3,10 @@
 A pruned network is stored as ``model.safetensors`` (the state dict) and ``model.json``: the architecture
 (a :mod:`pyroprune.models` registry name and its keyword arguments) and the shape of every ``Linear``, ``Conv``
 and ``BatchNorm`` module. Loading builds the dense architecture, replaces those modules by fresh ones of the
-recorded shapes and loads the weights -- no code is ever unpickled.
+recorded shapes and loads the weights -- no code is ever unpickled. A
+:class:`~pyroprune.layers.FeatureSelectLinear` (a ``Linear`` whose pruned input features were removed) is
+recorded with its type, reduced ``in_features`` and ``original_in_features``; its ``in_index`` buffer is in the
+state dict.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .layers import FeatureSelectLinear
 from .plan import atomic_write_text
 
 __all__ = ["save_pruned", "load_pruned"]
@@ -24,6 +28,14 @@ _FORMAT = "pyroprune.PrunedModel"
 
 
 def _spec(m: nn.Module) -> dict | None:
+    if isinstance(m, FeatureSelectLinear):
+        return {
+            "type": "FeatureSelectLinear",
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "bias": m.bias is not None,
+            "original_in_features": m.original_in_features,
+        }
     if isinstance(m, nn.Linear):
         return {
             "type": "Linear",
@@ -63,6 +75,9 @@ def _padding(p):
 def _build(spec: dict) -> nn.Module:
     kind = spec["type"]
     args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "type"}
+    if kind == "FeatureSelectLinear":  # in_index placeholder; the state dict holds the real one
+        width = int(args.pop("in_features"))
+        return FeatureSelectLinear(torch.arange(width), **args)
     cls = {
         "Linear": nn.Linear,
         "Conv1d": nn.Conv1d,

@@ -54,3 +54,25 @@ def test_models_package_is_mapped_not_top_level():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert cfg["package-dir"]["pyroprune.models"] == "models"
     assert "models" not in cfg["packages"]
+
+
+def test_wheel_ships_models_and_recipes(tmp_path):
+    """The built wheel holds pyroprune.models and every recipe, so ``pyroprune prune NAME`` works when installed."""
+    # a copy of the sources, so the build's scratch directories never touch the checkout
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=src,
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("pyroprune-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    recipes = {p.name for p in (ROOT / "recipes").glob("*.toml")}
+    assert recipes and {f"pyroprune/recipe_files/{r}" for r in recipes} <= names
+    assert "pyroprune/models/__init__.py" in names

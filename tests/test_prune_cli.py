@@ -74,3 +74,16 @@ def test_prune_errors_are_one_line(mnist_root, tmp_path, capsys):
     assert "MNIST" in capsys.readouterr().err
     assert main(["compare", str(tmp_path)]) == 2
     assert "metrics.json" in capsys.readouterr().err
+
+
+def test_report_on_a_recipe_run_takes_the_data_root(mnist_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe's own root ("data") does not exist here
+    out = tmp_path / "run"
+    args = [str(RECIPE), "--data-root", str(mnist_root), "--set", "prune.epochs=1", *FAST, "--out", str(out)]
+    assert main(["prune", *args]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--draws", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "mnist" in err.lower() and len(err.strip().splitlines()) == 1
+    assert main(["report", str(out), "--draws", "4", "--data-root", str(mnist_root)]) == 0
+    assert (out / "report" / "report.md").is_file()

@@ -333,3 +333,20 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nope.toml"
     with pytest.raises(FileNotFoundError, match="nope.toml"):
         load_recipe(path)
+
+
+def test_builtin_recipes_by_name():
+    from pyroprune.recipes import builtin_recipes, resolve_recipe
+
+    builtin = builtin_recipes()
+    assert set(builtin) == {p.stem for p in RECIPES.glob("*.toml")}
+    recipe = load_recipe("sbp-lenet5-caffe-mnist", ["prune.epochs=3"])
+    assert recipe.name == "sbp-lenet5-caffe-mnist" and recipe.prune.epochs == 3
+    assert resolve_recipe("sbp-lenet5-caffe-mnist.toml") == builtin["sbp-lenet5-caffe-mnist"]
+
+
+def test_unknown_recipe_name_lists_the_builtin_ones(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"recipe file not found: .*no-such.*built-in recipes: .*sbp-lenet5"):
+        load_recipe("no-such-recipe")
+    with pytest.raises(FileNotFoundError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.toml")

@@ -147,6 +147,10 @@ class Diagnostics:
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
+#: Fewest posterior draws for Pareto-smoothed importance sampling (k-hat, approximate LOO).
+MIN_PSIS_DRAWS = 25
+
+
 def _check_runs(runs: Sequence[RunArtifacts]) -> list[RunArtifacts]:
     """Validate the runs: non-empty, :class:`RunArtifacts`, same gate sites (and plan sites) as run 0."""
     runs = list(runs)
@@ -306,7 +310,7 @@ def diagnose(
     """
     runs = _check_runs(runs)
     _check_positive("num_draws", num_draws)
-    _check_positive("khat_draws", khat_draws, 25)
+    _check_positive("khat_draws", khat_draws, MIN_PSIS_DRAWS)
     _check_positive("batch_size", batch_size)
     _check_positive("n_bins", n_bins)
     first = runs[0]
@@ -516,6 +520,9 @@ def _approximate_loo(dt, runs: Sequence[RunArtifacts], train: TensorSplit, batch
     """ArviZ's ``loo_approximate_posterior`` on the report's DataTree, where every run has posterior densities."""
     from .approximation import approximate_loo
 
+    draws = int(dt.posterior.sizes["draw"])
+    if draws < MIN_PSIS_DRAWS:  # Pareto smoothing needs a tail of draws to fit; ArviZ fails with an IndexError
+        return {"available": False, "reason": f"needs at least {MIN_PSIS_DRAWS} posterior draws per run (got {draws})"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

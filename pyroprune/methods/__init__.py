@@ -11,6 +11,8 @@ name            rule                                                 paper
 ``magnitude``   smallest :math:`E[\\theta]` at a given/matched rate     baseline
 ``weight-norm`` smallest incoming-weight L2 norm                      baseline
 ``random``      random at a given/matched rate                       baseline
+``rbp``         :math:`|E[\\theta]| < \\tau` (Gaussian noise)         Zhou et al. 2018/2019
+``rbp-bmr``     :math:`\\Delta F \\ge 0` against the Dirac-like spike  RBP + BMR (this package)
 ==============  ===================================================  ==========================
 """
 
@@ -23,9 +25,21 @@ from ..plan import PruningPlan
 from ..posterior import GatePosterior
 from .bmrs import bmrs_n, bmrs_u
 from .magnitude import expected_gate, random_rule, weight_norm
+from .rbp import rbp_bmr, rbp_threshold
 from .sbp import snr
 
-__all__ = ["RULES", "decide", "bmrs_n", "bmrs_u", "snr", "expected_gate", "weight_norm", "random_rule"]
+__all__ = [
+    "RULES",
+    "decide",
+    "bmrs_n",
+    "bmrs_u",
+    "snr",
+    "expected_gate",
+    "weight_norm",
+    "random_rule",
+    "rbp_threshold",
+    "rbp_bmr",
+]
 
 #: Rule name -> function ``(posterior, gated, **params) -> PruningPlan``.
 RULES: dict[str, Callable[..., PruningPlan]] = {
@@ -36,6 +50,8 @@ RULES: dict[str, Callable[..., PruningPlan]] = {
     "magnitude": expected_gate,
     "weight-norm": weight_norm,
     "random": random_rule,
+    "rbp": rbp_threshold,
+    "rbp-bmr": rbp_bmr,
 }
 
 

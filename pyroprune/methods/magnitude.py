@@ -33,7 +33,8 @@ def weight_norm(
     match: PruningPlan | None = None,
 ) -> PruningPlan:
     """Keep the structures whose incoming weights (summed over coupled producers) have the largest
-    :math:`\\lVert W_c \\rVert_2`."""
+    :math:`\\lVert W_c \\rVert_2`; for an input-feature site (kind ``"feature"``) the outgoing weights of
+    feature :math:`j`, the column norm :math:`\\lVert W_{:,j} \\rVert_2` of its ``Linear``."""
     if gated is None:
         raise ValueError("weight-norm needs the gated network ('gated')")
     modules = dict(gated.net.named_modules())
@@ -42,7 +43,10 @@ def weight_norm(
         sq = 0.0
         for path in s.producers:
             w = modules[path].weight.detach()
-            sq = sq + w.reshape(w.shape[0], -1).pow(2).sum(1)
+            if s.kind == "feature":
+                sq = sq + w.pow(2).sum(0)
+            else:
+                sq = sq + w.reshape(w.shape[0], -1).pow(2).sum(1)
         score[s.name] = sq.sqrt().cpu()
     keep = matched_keep(posterior, score, amount, match)
     return plan_from_scores("weight-norm", _rate(amount, match), posterior, score, keep)
