@@ -96,7 +96,10 @@ def _draws_from_marginals(
                 "importance ratios need the density log q(theta); pass the fitted guide or a posterior with "
                 "marginals (TruncatedLogNormalGuide, AutoNormal)"
             )
-        raise ValueError(f"posterior has no marginal for gate sites {missing}")
+        raise ValueError(
+            f"posterior has no marginal over log theta for gate sites {missing} (e.g. RBP's Gaussian gates live on "
+            "the real line): these importance ratios are defined for gates fitted in log space"
+        )
     gates, log_q = {}, None
     for site in gated.sites:
         d = posterior.marginals[site.name]
