@@ -38,6 +38,7 @@ __all__ = [
     "prune_and_measure",
     "measure_result",
     "remove_and_finetune",
+    "finetune_pruned",
     "decide_again",
     "SCHEDULES",
 ]
@@ -217,7 +218,15 @@ def remove_and_finetune(
     :returns: the pruned network and the fine-tuning history.
     """
     pruned = remove(gated, plan, data.train.x[:2])
-    finetune = train_plain(
+    return pruned, finetune_pruned(pruned, data, config, progress=progress)
+
+
+def finetune_pruned(pruned: nn.Module, data: DataSplits, config: PruneConfig, progress: bool = True) -> list[dict]:
+    """Train the pruned plain network for ``config.finetune_epochs`` (in place; best validation epoch kept).
+
+    :returns: the per-epoch records.
+    """
+    return train_plain(
         pruned,
         data.train,
         epochs=config.finetune_epochs,
@@ -228,7 +237,6 @@ def remove_and_finetune(
         progress=progress,
         description="fine-tune",
     )
-    return pruned, finetune
 
 
 def decide_again(

@@ -347,7 +347,7 @@ def prune_recursive(net, data, config, progress: bool = True, checkpoint_dir=Non
     """:func:`~pyroprune.pipeline.prune_network` for ``schedule="recursive"``: :func:`fit_recursive`, then the
     final fine-tuning of the pruned network (``config.finetune_epochs``), as a
     :class:`~pyroprune.pipeline.PruneResult`."""
-    from ..pipeline import PruneResult
+    from ..pipeline import PruneResult, finetune_pruned
 
     if resume:
         raise ValueError("'resume' is not supported by the recursive schedule (each layer step starts afresh)")
@@ -374,16 +374,5 @@ def prune_recursive(net, data, config, progress: bool = True, checkpoint_dir=Non
         progress=progress,
         checkpoint_dir=checkpoint_dir,
     )
-    pruned = fit.pruned
-    finetune = train_plain(
-        pruned,
-        data.train,
-        epochs=config.finetune_epochs,
-        batch_size=config.batch_size,
-        lr=config.finetune_lr,
-        val=data.val,
-        seed=config.seed,
-        progress=progress,
-        description="fine-tune",
-    )
-    return PruneResult(fit.gated, fit.guide, fit.posterior, fit.plan, pruned, fit.history, finetune, config)
+    finetune = finetune_pruned(fit.pruned, data, config, progress=progress)
+    return PruneResult(fit.gated, fit.guide, fit.posterior, fit.plan, fit.pruned, fit.history, finetune, config)
