@@ -108,9 +108,6 @@ MODEL_NAMES = {
     "bmrs-lenet5": "BMRS LeNet-5",
 }
 
-#: Pretrained dense networks, keyed by architecture, data, pretraining and seed (also kept in ``OUT/_dense/``).
-DENSE: dict[str, torch.nn.Module] = {}
-
 #: Keys every row of results.json has (None where a paper does not report the figure).
 ROW_KEYS = (
     "model",
@@ -164,24 +161,22 @@ def _write_row(directory: Path, result, metrics: dict, label: str, arch: dict) -
 def run_experiment(name: str, seed: int, args: argparse.Namespace) -> list[dict]:
     """All rows of one experiment and seed (each also in ``args.out / name / seed<k> / <rule>``)."""
     base = Path(args.out) / name / f"seed{seed}"
-    fits = _fits(load_recipe(name, args.sets))
+    fits = [
+        (fit_name, rules, _recipe(name, args, seed, rules[0], shared))
+        for fit_name, rules, shared in _fits(load_recipe(name, args.sets))
+    ]
     dirs = {label: base / _slug(label) for _, rules, _ in fits for label, _, _ in rules}
     if args.reuse:
-        reused = [
-            _finished_row(dirs[label], _recipe(name, args, seed, rules[0], shared), base / fit_name)
-            for fit_name, rules, shared in fits
-            for label, _, _ in rules
-        ]
+        reused = [_finished_row(dirs[label], recipe) for _, rules, recipe in fits for label, _, _ in rules]
         if all(r is not None for r in reused):
             return reused
     rows = []
-    for fit_name, rules, shared_fit in fits:
-        recipe = _recipe(name, args, seed, rules[0], shared_fit)
-        # recipes with the same architecture, data and pretraining share one dense network (fair comparison)
+    for fit_name, rules, recipe in fits:
+        # recipes with the same architecture, data and pretraining share one dense network (fair comparison),
+        # kept on disk so later invocations and the other experiments find it
         key = json.dumps([_arch(recipe), recipe.data, recipe.pretrain, seed], sort_keys=True)
         dense_dir = Path(args.out) / "_dense" / hashlib.sha1(key.encode()).hexdigest()[:16]
-        if key not in DENSE and (dense_dir / "model.json").is_file():  # pretrained by an earlier invocation
-            DENSE[key] = load_pruned(dense_dir)
+        pretrained = (dense_dir / "model.json").is_file()
         fit_dir = base / fit_name
         resume = args.reuse and (fit_dir / "checkpoint" / "checkpoint.json").is_file()
         fit_dir.mkdir(parents=True, exist_ok=True)
@@ -193,10 +188,9 @@ def run_experiment(name: str, seed: int, args: argparse.Namespace) -> list[dict]
             data_root=args.data,
             resume=resume,
             progress=args.progress,
-            dense=None if resume else DENSE.get(key),
+            dense=load_pruned(dense_dir) if pretrained and not resume else None,
         )
-        DENSE[key] = run.dense
-        if not (dense_dir / "model.json").is_file():
+        if not pretrained:
             save_pruned(run.dense, dense_dir, arch=_arch(recipe))
         fit_seconds = time.perf_counter() - t0
         plans = {}
@@ -239,30 +233,13 @@ def _settings(recipe) -> dict:
     return d
 
 
-def _finished_row(directory: Path, recipe, fit_dir: Path) -> dict | None:
-    """The row stored in ``directory`` if it was computed with ``recipe``'s settings, else ``None``.
-
-    Rows from before settings were recorded are checked against their fit's checkpoint fingerprint (the recipe
-    without ``prune.epochs``) and ``run.json`` (the epochs).
-    """
+def _finished_row(directory: Path, recipe) -> dict | None:
+    """The row stored in ``directory`` if it was computed with ``recipe``'s settings, else ``None``."""
     path = directory / "metrics.json"
     if not path.is_file():
         return None
     row = json.loads(path.read_text())
-    want = _settings(recipe)
-    if "recipe_run" in row:
-        return row if row["recipe_run"] == want else None
-    ckpt, run = fit_dir / "checkpoint" / "checkpoint.json", fit_dir / "run.json"
-    if not (ckpt.is_file() and run.is_file()):
-        return None
-    got = dict(json.loads(ckpt.read_text())["fingerprint"]["recipe"])
-    got.pop("description", None)
-    epochs = json.loads(run.read_text())["config"]["epochs"]
-    want_no_epochs = json.loads(json.dumps(want))
-    want_no_epochs["prune"].pop("epochs")
-    if got != want_no_epochs or epochs != want["prune"]["epochs"]:
-        return None
-    return {**row, "recipe_run": want}
+    return row if row.get("recipe_run") == _settings(recipe) else None
 
 
 def _slug(label: str) -> str:
@@ -278,9 +255,9 @@ def measure_speedups(rows: list[dict], args: argparse.Namespace) -> None:
     cache = {}
     for row in rows:
         base = Path(args.out) / row["recipe"] / f"seed{row['seed']}"
-        recipe = load_recipe(row["recipe"], args.sets)
         if row["recipe"] not in cache:
-            cache[row["recipe"]] = load_data(dict(recipe.data), "cpu", root=args.data).test.x[: args.latency_batch]
+            spec = dict(load_recipe(row["recipe"], args.sets).data)
+            cache[row["recipe"]] = load_data(spec, "cpu", root=args.data).test.x[: args.latency_batch]
         x = cache[row["recipe"]]
         dense = load_pruned(base / "dense")
         pruned = load_pruned(base / _slug(row["label"]) / "model")

@@ -325,10 +325,7 @@ def measure_result(
     """The metrics dict of :func:`prune_and_measure` for a finished ``result`` (test split)."""
     config = result.config
     width = data.input_shape[0] if len(data.input_shape) == 1 else None
-    if result.gated.sites and result.gated.sites[0].kind == "feature":
-        width = None  # the first site's input features stand for the input (SBP's "784-500-300")
-    dense_kept = "-".join(([str(width)] if width else []) + [str(s.size) for s in result.gated.sites])
-    dense_m = network_metrics(dense, data, dense_kept)
+    dense_m = network_metrics(dense, data, result.plan.total_string(width))
     pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(width))
     if not dense_trained:
         dense_m.update({k: None for k in ("accuracy", "nll", "brier", "ece")})

@@ -105,10 +105,16 @@ class PruningPlan:
         first layer) its kept count already stands for the input and ``input_size`` is not repeated: SBP's
         ``"245-160-55"``, not ``"784-245-160-55"``.
         """
+        return self._per_layer_string(self.kept, input_size)
+
+    def total_string(self, input_size: int | None = None) -> str:
+        """Structures per layer before pruning, e.g. ``"64-50-50"``, read like :meth:`kept_string`."""
+        return self._per_layer_string(self.total, input_size)
+
+    def _per_layer_string(self, counts: list[int], input_size: int | None) -> str:
         if self.sites and self.sites[0].site.kind == "feature":
             input_size = None
-        parts = ([str(input_size)] if input_size is not None else []) + [str(k) for k in self.kept]
-        return "-".join(parts)
+        return "-".join(([str(input_size)] if input_size is not None else []) + [str(c) for c in counts])
 
     def with_masks(self, masks: Mapping[str, torch.Tensor]) -> PruningPlan:
         """A copy that also prunes what ``masks`` (site -> bool keep) prunes; never empties a site."""
