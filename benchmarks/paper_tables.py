@@ -4,7 +4,8 @@ For each experiment (a built-in recipe) and seed, the dense network is pretraine
 ONCE (post-training schedule, :func:`pyroprune.experiment.run_recipe` -- the computation ``pyroprune prune``
 does), then every rule decides from that same posterior, the pruned network is removed physically and fine-tuned
 (:func:`pyroprune.pipeline.decide_again`). Recipes whose schedule ties the fit to the rule (RBP's recursive
-schedule) are run once with their own rule. Every row is a run directory under ``--out`` (the pruned model and
+schedule) are run once with their own rule; DLLP's SVGD fit (network weights fixed) serves its two selections.
+Every row is a run directory under ``--out`` (the pruned model and
 its metrics); with ``--reuse`` finished rows are read back instead of recomputed, and an interrupted fit resumes
 from its checkpoint.
 
@@ -15,7 +16,8 @@ present, so the speed-ups are comparable with each other.
 Usage::
 
     python benchmarks/paper_tables.py --data ../shared/data [--seeds 0 1] [--pretrain-epochs 10] [--svi-epochs 20]
-        [--finetune-epochs 3] [--only sbp-lenet5-caffe-mnist ...] [--reuse] [--set prune.guide_lr=0.1 ...]
+        [--finetune-epochs 3] [--rbp-epochs 5] [--dllp-epochs 1] [--only sbp-lenet5-caffe-mnist ...] [--reuse]
+        [--set prune.guide_lr=0.1 ...]
         [--write docs/results.md --json docs/results.json]
 
 The epochs are far fewer than the papers' (200 + 200 for SBP): the table says what was run, on what hardware and
@@ -59,6 +61,12 @@ RULES = [
 #: RBP's rules, each with its own recursive fit (the schedule ties the fit to the rule).
 RBP_RULES = [("RBP (BMR against the Dirac-like spike)", "rbp-bmr"), ("RBP (tiny-noise threshold)", "rbp")]
 
+#: DLLP's selections from one SVGD fit: (label, rule, parameters over the recipe's).
+DLLP_RULES = [
+    ("DLLP (inclusion probability ≥ 1/2)", "dllp", {"select": "inclusion"}),
+    ("DLLP (best particle on validation)", "dllp", {"select": "best"}),
+]
+
 #: The experiments: built-in recipe -> published rows quoted beside ours (DESIGN.md; the papers' tables).
 EXPERIMENTS: dict[str, list[dict]] = {
     "sbp-lenet-500-300-mnist": [
@@ -98,6 +106,8 @@ EXPERIMENTS: dict[str, list[dict]] = {
     # RBP's own schedule (one fit per rule); rows appear when the recipes exist
     "rbp-lenet-300-100-mnist": [],
     "rbp-lenet5-caffe-mnist": [],
+    # DLLP (one SVGD fit, two selections); the abstract reports no MNIST figures
+    "dllp-lenet5-caffe-mnist": [],
 }
 
 MODEL_NAMES = {
@@ -126,9 +136,12 @@ def _recipe(name: str, args: argparse.Namespace, seed: int, rule: tuple[str, str
     recipe = load_recipe(name, args.sets)
     d = recipe_to_dict(recipe)
     d["pretrain"]["epochs"] = args.pretrain_epochs
+    own_epochs = args.dllp_epochs if recipe.prune.schedule == "svgd" else args.rbp_epochs
     d["prune"].update(
-        epochs=args.svi_epochs if shared_fit else args.rbp_epochs, finetune_epochs=args.finetune_epochs, seed=seed
+        epochs=args.svi_epochs if shared_fit else own_epochs, finetune_epochs=args.finetune_epochs, seed=seed
     )
+    if recipe.prune.schedule == "svgd" and args.dllp_particles is not None:
+        d["prune"]["num_particles"] = args.dllp_particles
     _, method, params = rule
     d["prune"].update(method=method, method_params=dict(params))
     if shared_fit:
@@ -141,6 +154,9 @@ def _recipe(name: str, args: argparse.Namespace, seed: int, rule: tuple[str, str
 
 def _fits(recipe) -> list[tuple[str, list[tuple[str, str, dict]], bool]]:
     """(fit directory, rules decided from that fit, shared?) for a recipe."""
+    if recipe.prune.schedule == "svgd":  # DLLP: one particle fit (rule-free), both of its selections
+        own = dict(recipe.prune.method_params)
+        return [("fit-dllp", [(label, m, {**own, **p}) for label, m, p in DLLP_RULES], False)]
     if recipe.prune.schedule != "recursive":
         return [("fit", RULES, True)]
     own = recipe.prune.method
@@ -239,7 +255,14 @@ def _finished_row(directory: Path, recipe) -> dict | None:
     if not path.is_file():
         return None
     row = json.loads(path.read_text())
-    return row if row.get("recipe_run") == _settings(recipe) else None
+    stored = row.get("recipe_run")
+    if not isinstance(stored, dict):
+        return None
+    try:  # settings added to the recipes after the row was computed take their defaults, which it ran with
+        stored = _settings(recipe_from_dict({**stored, "description": ""}))
+    except (ValueError, TypeError, KeyError):
+        return None
+    return row if stored == _settings(recipe) else None
 
 
 def _slug(label: str) -> str:
@@ -352,7 +375,10 @@ def markdown(ours: list[dict], published: list[dict], args: argparse.Namespace, 
         f"fit shared by every rule"
         + (f", guide learning rate {args.guide_lr} to make up for the short fit" if args.guide_lr else "")
         + f"); RBP: {args.rbp_epochs} SVI epochs per layer (its recursive schedule, one fit per rule, the "
-        f"recipe's other settings); {args.finetune_epochs} fine-tuning epochs per rule (best validation epoch "
+        f"recipe's other settings); DLLP: {args.dllp_epochs} SVGD epoch(s)"
+        + (f" with {args.dllp_particles} particles" if args.dllp_particles else "")
+        + " (network weights fixed, one fit for both selections); "
+        f"{args.finetune_epochs} fine-tuning epochs per rule (best validation epoch "
         "kept). The papers train 200 + 200 epochs (SBP), so these are short runs, not reproductions. "
         f"Seeds: {', '.join(map(str, args.seeds))}"
         + "".join(f"; {item}" for item in args.seeds_for)
@@ -426,6 +452,8 @@ def main() -> None:
         "--guide-lr", type=float, default=None, help="guide learning rate of the shared fits (default: the recipe's)"
     )
     p.add_argument("--rbp-epochs", type=int, default=5, help="SVI epochs per layer of RBP's recursive fits")
+    p.add_argument("--dllp-epochs", type=int, default=1, help="SVGD epochs of DLLP's particle fits")
+    p.add_argument("--dllp-particles", type=int, default=None, help="DLLP's particles (default: the recipe's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     p.add_argument("--reuse", action="store_true", help="read finished rows back; resume interrupted fits")
     p.add_argument("--latency-batch", type=int, default=256)

@@ -4,6 +4,8 @@ The flow (one function per arrow)::
 
     nn.Module --gate()--> GatedNet --fit_svi()--> guide --posterior_from_guide()--> GatePosterior
               --decide()--> PruningPlan --remove()--> smaller plain nn.Module
+
+(or ``fit_svgd()`` of an :class:`SVGD` engine: particles instead of a guide; DLLP's ``fit_dllp()``.)
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -13,8 +15,24 @@ from .data import DataSplits, TensorSplit, load_digits
 from .distributions import DiracLike, LogUniform, TruncatedLogNormal, TruncatedNormal
 from .gates import GatedNet, GateSite, feature_site_name, find_gate_sites, gate
 from .guides import NormalNoiseGuide, TruncatedLogNormalGuide, auto_guide
-from .infer import FitHistory, SiteScale, TrainingDiverged, elbo_loss, evaluate, fit_svi, train_plain
+from .infer import (
+    SVGD,
+    FitHistory,
+    IMQKernel,
+    RBFKernel,
+    SiteScale,
+    SteinKernel,
+    SVGDDiverged,
+    TrainingDiverged,
+    elbo_loss,
+    evaluate,
+    fit_svgd,
+    fit_svi,
+    train_plain,
+)
+from .infer.dllp import DLLPFit, fit_dllp
 from .layers import FeatureSelectLinear
+from .lossless import LosslessGateModel, keep_prior_logits, structure_saliency
 from .measure import count_macs, count_params, measure_latency
 from .methods import RULES, decide
 from .pipeline import PruneConfig, PruneResult, network_metrics, prune_network
@@ -56,6 +74,17 @@ __all__ = [
     "evaluate",
     "fit_svi",
     "train_plain",
+    "SVGD",
+    "SVGDDiverged",
+    "SteinKernel",
+    "RBFKernel",
+    "IMQKernel",
+    "fit_svgd",
+    "DLLPFit",
+    "fit_dllp",
+    "LosslessGateModel",
+    "structure_saliency",
+    "keep_prior_logits",
     "count_macs",
     "count_params",
     "measure_latency",

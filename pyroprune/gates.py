@@ -459,6 +459,16 @@ class GatedNet(nn.Module):
             d = _move_distribution(d, ref)
         return d.expand([site.size]) if d.batch_shape != (site.size,) else d
 
+    def set_prior(self, prior: PriorSpec) -> None:
+        """Replace the prior over the gates (same forms as the constructor's ``prior``); validated at once."""
+        previous = self._prior_spec
+        self._prior_spec = prior
+        try:
+            self._validate_prior()
+        except (ValueError, KeyError, TypeError):
+            self._prior_spec = previous
+            raise
+
     def _validate_prior(self) -> None:
         for site in self.sites:
             d = self.prior(site)

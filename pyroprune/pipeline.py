@@ -7,6 +7,8 @@ Two schedules (Wright, Igel & Selvan 2024, §4 and their public code):
   (masks only ever shrink), decide once more at the end.
 * ``"recursive"`` (RBP, :mod:`pyroprune.infer.recursive`): layer by layer from the input side, each layer's
   Gaussian dropout noise fitted under the Dirac-like prior with the earlier layers already pruned and fixed.
+* ``"svgd"`` (DLLP, :mod:`pyroprune.infer.dllp`): SVGD particles over relaxed keep indicators of the trained
+  network (weights fixed) under a distribution-lossless likelihood; the particles are sub-networks.
 
 Then the pruned structures are physically removed, the kept gates' :math:`E[\\theta]` folded into the
 weights, and the plain network fine-tuned (best validation checkpoint kept).
@@ -43,7 +45,7 @@ __all__ = [
     "SCHEDULES",
 ]
 
-SCHEDULES = ("post-training", "continuous", "recursive")
+SCHEDULES = ("post-training", "continuous", "recursive", "svgd")
 
 
 @dataclass
@@ -74,6 +76,20 @@ class PruneConfig:
     prior_eps_end: float = 0.1
     eps_schedule: str = "geometric"
     finetune_epochs_per_layer: int = 0
+    #: DLLP (``schedule="svgd"``): SVGD particles and kernel, the relaxation's temperature at the first and the
+    #: last step, the discrete prior (keep probability rho of an average structure, weight gamma of the measured
+    #: saliency, calibration inputs it is measured on) and the weights of the lossless and label likelihoods; see
+    #: ``docs/methods/dllp.md``. The particles' learning rate is ``guide_lr``.
+    num_particles: int = 16
+    kernel: str = "rbf"
+    temperature: float = 1.0
+    temperature_end: float = 0.1
+    prior_keep: float = 0.5
+    saliency_weight: float = 2.0
+    saliency: str = "fisher"
+    calibration_size: int = 512
+    lossless_weight: float = 1.0
+    label_weight: float = 0.0
 
     def validate(self) -> None:
         if not isinstance(self.input_gates, list | tuple) or not all(isinstance(g, str) for g in self.input_gates):
@@ -94,6 +110,38 @@ class PruneConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"'{name}' must be > 0")
         self._validate_recursive()
+        self._validate_svgd()
+
+    def _validate_svgd(self) -> None:
+        from .infer.dllp import DLLP_METHODS
+        from .infer.svgd import check_num_particles, make_kernel
+        from .methods.dllp import temperature_schedule
+
+        svgd = self.schedule == "svgd"
+        if svgd and self.method not in DLLP_METHODS:
+            raise ValueError(
+                f"schedule 'svgd' needs a particle method ({', '.join(DLLP_METHODS)}), got 'method' {self.method!r}"
+            )
+        if not svgd and self.method in DLLP_METHODS:
+            raise ValueError(f"method {self.method!r} needs schedule 'svgd' (got 'schedule' {self.schedule!r})")
+        if not svgd:
+            return
+        check_num_particles(self.num_particles)
+        make_kernel(self.kernel)
+        temperature_schedule(self.temperature, self.temperature_end, 1)
+        if not 0.0 < self.prior_keep < 1.0:
+            raise ValueError(f"'prior_keep' must be in (0, 1), got {self.prior_keep}")
+        for name in ("saliency_weight", "lossless_weight", "label_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"'{name}' must be >= 0, got {getattr(self, name)}")
+        if self.lossless_weight == 0 and self.label_weight == 0:
+            raise ValueError("'lossless_weight' and 'label_weight' are both 0: the particles would ignore the data")
+        from .lossless import SALIENCY_METHODS
+
+        if self.saliency not in SALIENCY_METHODS:
+            raise ValueError(f"'saliency' must be one of {', '.join(SALIENCY_METHODS)}, got {self.saliency!r}")
+        if self.calibration_size < 1:
+            raise ValueError(f"'calibration_size' must be >= 1, got {self.calibration_size}")
 
     def _validate_recursive(self) -> None:
         from .infer.recursive import RBP_METHODS
@@ -159,6 +207,10 @@ def prune_network(
         from .infer.recursive import prune_recursive
 
         return prune_recursive(net, data, config, progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    if config.schedule == "svgd":  # DLLP: SVGD particles over keep indicators (pyroprune.infer.dllp)
+        from .infer.dllp import prune_dllp
+
+        return prune_dllp(net, data, config, progress, checkpoint_dir=checkpoint_dir, resume=resume)
     example = data.train.x[:2]
     gated = GatedNet(
         net,
@@ -245,10 +297,11 @@ def decide_again(
     """Another rule applied to the posterior ``result`` already holds: decide, remove, fine-tune.
 
     Valid for the post-training schedule, where the fit does not depend on the rule, so one SVI fit serves
-    every rule (as in the comparisons of Wright et al. 2024). Under the continuous schedule the masks applied
-    during training came from ``result``'s own rule, so this raises.
+    every rule (as in the comparisons of Wright et al. 2024), and for the svgd schedule (DLLP's particles do not
+    depend on the rule either; e.g. ``dllp`` with ``select="best"``). Under the continuous schedule the masks
+    applied during training came from ``result``'s own rule, so this raises.
     """
-    if result.config.schedule != "post-training":
+    if result.config.schedule not in ("post-training", "svgd"):
         raise ValueError(
             f"decide_again needs a post-training fit (schedule {result.config.schedule!r} ties the fit to its rule)"
         )

@@ -43,6 +43,8 @@ class GatePosterior:
     :param guide_name: what produced it (recorded in plans and reports).
     :param theta_marginals: per site, the marginal distribution of :math:`\\theta` itself (batch ``[C]``), for
         real-valued gates (RBP); ``low``/``high`` are then :math:`\\mp\\infty`.
+    :param sample_scores: for a posterior of particles (SVGD, DLLP), a score per stored draw (``[S]``, higher is
+        better, e.g. validation agreement with the dense network), read by rules that pick one draw.
     """
 
     sites: tuple[GateSite, ...]
@@ -52,6 +54,15 @@ class GatePosterior:
     samples: dict[str, torch.Tensor] = field(default_factory=dict)
     guide_name: str = ""
     theta_marginals: dict[str, dist.Distribution] = field(default_factory=dict)
+    sample_scores: torch.Tensor | None = None
+
+    @property
+    def num_stored_draws(self) -> int | None:
+        """How many draws the posterior stores (particles, or draws of a generic guide); ``None`` if it has
+        marginals to draw from instead."""
+        if self.marginals or self.theta_marginals or not self.samples:
+            return None
+        return min(int(v.shape[0]) for v in self.samples.values())
 
     def site(self, name: str) -> GateSite:
         for s in self.sites:

@@ -31,6 +31,7 @@ from .diagnostics.run import RunArtifacts
 from .distributions import LogUniform
 from .gates import GatedNet
 from .guides import NormalNoiseGuide, TruncatedLogNormalGuide
+from .infer.svgd import SVGD
 from .models import build_model
 from .pipeline import PruneConfig, PruneResult
 from .plan import PruningPlan, atomic_write_text
@@ -94,7 +95,7 @@ def save_run(
     save_pruned(result.pruned, directory / "model", arch=arch)
     save_pruned(dense, directory / "dense", arch=arch)
     _save_state(result.gated.net.state_dict(), directory / "posterior" / "net.safetensors")
-    _save_state(result.guide.state_dict(), directory / "posterior" / "guide.safetensors")
+    _save_state(_guide_state(result), directory / "posterior" / "guide.safetensors")
     doc = {
         "format": RUN_FORMAT,
         "version": 1,
@@ -112,7 +113,26 @@ def save_run(
             "kind": "dirac-like",
             "eps": {s.name: result.gated.prior(s).eps.detach().cpu().double().tolist() for s in result.gated.sites},
         }
+    if isinstance(result.guide, SVGD):  # DLLP: the discrete prior's keep logits and the relaxed model's settings
+        model = result.guide.model
+        doc["gate_prior"] = {
+            "kind": "dllp",
+            "keep_logits": {
+                s.name: model.keep_logit(s.name).detach().cpu().double().tolist() for s in result.gated.sites
+            },
+            "temperature": model.temperature,
+        }
     atomic_write_text(directory / "run.json", json.dumps(doc, indent=1))
+
+
+def _guide_state(result: PruneResult) -> dict:
+    """What ``guide.safetensors`` holds: the guide's parameters, or for SVGD the particles and their scores."""
+    if isinstance(result.guide, SVGD):
+        state = {"particles": result.guide.particles}
+        if result.posterior.sample_scores is not None:
+            state["sample_scores"] = result.posterior.sample_scores
+        return state
+    return result.guide.state_dict()
 
 
 def load_data(spec: dict, device="cpu", root=None) -> DataSplits:
@@ -160,7 +180,7 @@ def load_run(directory: str | os.PathLike, device="cpu", data_root=None) -> tupl
         raise ValueError(f"{directory / 'run.json'} is not a pyroprune run description")
     if doc.get("version") != 1:
         raise ValueError(f"{directory / 'run.json'}: run format version {doc.get('version')!r} is not supported (1)")
-    if doc.get("guide") not in (TruncatedLogNormalGuide.__name__, NormalNoiseGuide.__name__):
+    if doc.get("guide") not in (TruncatedLogNormalGuide.__name__, NormalNoiseGuide.__name__, SVGD.__name__):
         raise ValueError(f"{directory / 'run.json'}: guide {doc.get('guide')!r} cannot be rebuilt from a run directory")
     known = {f.name for f in fields(PruneConfig)}
     config = PruneConfig(**{k: v for k, v in doc["config"].items() if k in known})
@@ -168,7 +188,10 @@ def load_run(directory: str | os.PathLike, device="cpu", data_root=None) -> tupl
     net = build_model(doc["arch"]["name"], **doc["arch"].get("kwargs", {}))
     net.load_state_dict(load_file(str(directory / "posterior" / "net.safetensors")))
     net.to(device)
-    if doc["guide"] == NormalNoiseGuide.__name__:  # RBP (recursive schedule): per-structure Dirac-like prior
+    posterior = None
+    if doc["guide"] == SVGD.__name__:  # DLLP (svgd schedule): the particles over the relaxed keep indicators
+        gated, guide, posterior = _load_dllp(directory, doc, config, net, data)
+    elif doc["guide"] == NormalNoiseGuide.__name__:  # RBP (recursive schedule): per-structure Dirac-like prior
         from .distributions import DiracLike
 
         eps = (doc.get("gate_prior") or {}).get("eps") or {}
@@ -185,13 +208,48 @@ def load_run(directory: str | os.PathLike, device="cpu", data_root=None) -> tupl
             input_gates=list(config.input_gates),
         )
         guide = TruncatedLogNormalGuide(gated, config.prior_low, config.prior_high)
-    guide.load_state_dict(load_file(str(directory / "posterior" / "guide.safetensors")))
-    guide.to(device)
+    if posterior is None:
+        guide.load_state_dict(load_file(str(directory / "posterior" / "guide.safetensors")))
+        guide.to(device)
+        posterior = posterior_from_guide(guide, gated)
     plan = PruningPlan.load(directory / "plan.json")
     if [sp.site.name for sp in plan.sites] != [s.name for s in gated.sites]:
         raise ValueError(f"{directory / 'plan.json'} does not match the network's gate sites")
-    posterior = posterior_from_guide(guide, gated)
     pruned = load_pruned(directory / "model").to(device)
     dense = load_pruned(directory / "dense").to(device)
     run = RunArtifacts(gated, guide, posterior, plan, pruned, dense, config.method, config.seed)
     return run, data
+
+
+def _load_dllp(directory: Path, doc: dict, config: PruneConfig, net, data: DataSplits):
+    """The gated network (discrete prior), the SVGD engine with its particles, and their posterior."""
+    import pyro.distributions as dist
+
+    from .infer.dllp import particle_posterior
+    from .lossless import LosslessGateModel
+
+    prior = doc.get("gate_prior") or {}
+    if prior.get("kind") != "dllp" or not isinstance(prior.get("keep_logits"), dict):
+        raise ValueError(f"{directory / 'run.json'}: an SVGD run needs 'gate_prior' with the DLLP keep logits")
+    ref = next(net.parameters())
+    logits = {k: torch.tensor(v, dtype=ref.dtype, device=ref.device) for k, v in prior["keep_logits"].items()}
+    gated = GatedNet(net, data.train.x[:2], num_data=len(data.train), input_gates=list(config.input_gates))
+    gated.set_prior({k: dist.Bernoulli(logits=v) for k, v in logits.items()})
+    model = LosslessGateModel(
+        gated,
+        logits,
+        float(prior.get("temperature", config.temperature_end)),
+        config.lossless_weight,
+        config.label_weight,
+    )
+    state = load_file(str(directory / "posterior" / "guide.safetensors"))
+    particles = state["particles"].to(ref)
+    engine = SVGD(model, config.kernel, num_particles=int(particles.shape[0]), lr=config.guide_lr)
+    engine.setup(data.train.x[:2], data.train.y[:2], num_data=len(data.train))
+    if tuple(engine.particles.shape) != tuple(particles.shape):
+        raise ValueError(f"{directory}: stored particles {tuple(particles.shape)} do not fit the network's gates")
+    with torch.no_grad():
+        engine.particles.copy_(particles)
+    scores = state.get("sample_scores")
+    posterior = particle_posterior(engine, gated, None if scores is None else scores.to(ref.device))
+    return gated, engine, posterior

@@ -42,6 +42,7 @@ import io
 import json
 import math
 import os
+import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ from torch import nn
 
 from ..data import DataSplits, TensorSplit
 from ..guides import TruncatedLogNormalGuide
+from ..infer.svgd import SVGD
 from ..plan import atomic_write_text, write_atomic
 from .approximation import (
     KHAT_BAD,
@@ -103,6 +105,7 @@ FIGURES = (
 SECTIONS = (
     "Setup",
     "Predictive performance",
+    "Accuracy across posterior draws",
     "Dense Bayesian vs pruned",
     "Conformal prediction sets",
     "Variational approximation (PSIS k-hat)",
@@ -315,6 +318,10 @@ def diagnose(
     _check_positive("n_bins", n_bins)
     first = runs[0]
     sites = first.gated.sites
+    # A posterior of particles (SVGD) stores K draws: use them all, not more.
+    stored = [r.posterior.num_stored_draws for r in runs if r.posterior.num_stored_draws is not None]
+    num_draws = min([num_draws, *stored])
+    particles = all(isinstance(r.guide, SVGD) for r in runs)
     labels = data.test.y.detach().cpu().long()
     val_labels = data.val.y.detach().cpu().long()
 
@@ -332,6 +339,7 @@ def diagnose(
     )
     draw_probs = torch.from_numpy(np.asarray(predictive_probabilities(dt).values))
     draw_probs = draw_probs.reshape(-1, *draw_probs.shape[-2:])  # [chains * draws, N, K]
+    draws = _draw_accuracy(draw_probs, labels, seed)
     test_probs = {"dense_bayesian": draw_probs.mean(0, dtype=torch.float64)}
     val_probs = {"dense_bayesian": _bayes_probs(runs, data.val, num_draws, batch_size, seed)}
 
@@ -404,6 +412,7 @@ def diagnose(
         "kept": {f"seed {r.seed}": r.plan.kept_string() for r in runs},
         "masked_structures": masked,
         "active_threshold": ACTIVE_THRESHOLD,
+        "particles": particles,
         "versions": {k: dt.attrs.get(k, "") for k in ("pyroprune_version", "torch_version", "arviz_version")},
     }
     khat["approximate_loo"] = _approximate_loo(dt, runs, data.train, batch_size)
@@ -412,6 +421,7 @@ def diagnose(
             "setup": setup,
             "models": models,
             "comparison": comparison,
+            "draws": draws,
             "conformal": conformal,
             "structures": structures,
             "khat": khat,
@@ -432,6 +442,34 @@ def diagnose(
         **struct_arrays,
     }
     return Diagnostics(summary, dt, arrays)
+
+
+def _draw_accuracy(draw_probs: torch.Tensor, labels: torch.Tensor, seed: int, num_boot: int = 1000) -> dict:
+    """Spread of the test accuracy across posterior draws (e.g. SVGD particles): mean, sd, central 95 %, extremes,
+    and a 95 % bootstrap interval of the mean resampling draws and test examples together."""
+    correct = (draw_probs.argmax(-1) == labels.to(draw_probs.device)).double()  # [S, N]
+    acc = correct.mean(1)
+    s, n = correct.shape
+    g = torch.Generator().manual_seed(seed)
+    boot = torch.empty(num_boot, dtype=torch.float64)
+    for b in range(num_boot):
+        rows = torch.randint(s, (s,), generator=g)
+        cols = torch.randint(n, (n,), generator=g)
+        boot[b] = correct[rows][:, cols].mean()
+    q = torch.quantile(acc, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return {
+        "num_draws": s,
+        "mean": float(acc.mean()),
+        "sd": float(acc.std()) if s > 1 else 0.0,
+        "q025": float(q[0]),
+        "q975": float(q[1]),
+        "min": float(acc.min()),
+        "max": float(acc.max()),
+        "mean_low": float(lo),
+        "mean_high": float(hi),
+        "per_draw": acc.tolist(),
+    }
 
 
 def _structures(dt: xr.DataTree, runs: Sequence[RunArtifacts], stability: dict) -> tuple[dict, dict]:
@@ -536,6 +574,9 @@ def _khat(
     run: RunArtifacts, train: TensorSplit, num_draws: int, batch_size: int, seed: int
 ) -> tuple[dict, np.ndarray | None]:
     """PSIS k-hat of the first run's variational posterior and the log ratios (``None`` if unavailable)."""
+    if isinstance(run.guide, SVGD):
+        reason = "SVGD particles have no density q(theta), so importance ratios and PSIS k-hat do not apply"
+        return {"available": False, "reason": reason, "num_draws": num_draws}, None
     q = run.guide if isinstance(run.guide, TruncatedLogNormalGuide) else run.posterior
     try:
         with _seeded(seed, _device(run.gated)):
@@ -713,7 +754,9 @@ def _khat_figure(d: Diagnostics) -> bytes:
     top, bottom = fig.subplots(2, 1, height_ratios=[3, 1])
     log_w = d.arrays.get("log_weights")
     if log_w is None or not kh.get("available"):
-        top.text(0.5, 0.5, f"k-hat unavailable:\n{kh.get('reason', '')}", ha="center", va="center", wrap=True)
+        # wrapped by hand: matplotlib's wrap=True collapses constrained-layout axes for long reasons
+        reason = textwrap.fill(str(kh.get("reason", "")), 70)
+        top.text(0.5, 0.5, f"k-hat unavailable:\n{reason}", ha="center", va="center", fontsize="small")
         top.plot([], [], label="no importance weights")
         top.set(xlabel="rank of the weight (largest first)", ylabel="normalised importance weight")
         top.legend()
@@ -809,6 +852,11 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
         f"- Posterior draws: {setup['num_draws_per_run']} per run; PSIS draws: {setup['khat_draws']}; "
         f"base seed {setup['seed']}",
     ]
+    if setup.get("particles"):
+        lines.append(
+            f"- The posterior is {setup['num_draws_per_run']} SVGD particles per run, each a sub-network; the dense "
+            "Bayesian model is their ensemble, a structure's keep probability its inclusion probability."
+        )
     masked = {k: v for k, v in setup["masked_structures"].items() if v}
     if masked:
         lines.append(
@@ -833,8 +881,27 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
         "",
     ]
 
-    c = s["comparison"]
+    dr = s["draws"]
     lines += [f"## {SECTIONS[2]}", ""]
+    what = "particle (sub-network)" if setup.get("particles") else "posterior draw"
+    lines += [
+        f"Test accuracy of each {what} of the gates, {dr['num_draws']} in all (every run), the dense Bayesian "
+        "model being their average.",
+        "",
+        "| Quantity | Value |",
+        "|---|---:|",
+        f"| Mean accuracy of one draw | {_fmt(dr['mean'])} (95 % bootstrap interval over draws and test examples "
+        f"[{_fmt(dr['mean_low'])}, {_fmt(dr['mean_high'])}]) |",
+        f"| Standard deviation across draws | {_fmt(dr['sd'])} |",
+        f"| Central 95 % of the draws | [{_fmt(dr['q025'])}, {_fmt(dr['q975'])}] |",
+        f"| Worst / best draw | {_fmt(dr['min'])} / {_fmt(dr['max'])} |",
+        f"| Accuracy of their average (dense Bayesian) | {_fmt(s['models']['dense_bayesian']['accuracy'])} |",
+        f"| ECE of their average (dense Bayesian) | {_fmt(s['models']['dense_bayesian']['ece'])} |",
+        "",
+    ]
+
+    c = s["comparison"]
+    lines += [f"## {SECTIONS[3]}", ""]
     lines += [
         "| Quantity | Value |",
         "|---|---:|",
@@ -846,7 +913,7 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
         "",
     ]
 
-    lines += [f"## {SECTIONS[3]}", ""]
+    lines += [f"## {SECTIONS[4]}", ""]
     lines.append(
         "Split-conformal APS sets, calibrated on the validation split with each model's own probabilities, "
         "evaluated on the test split."
@@ -861,7 +928,7 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
     lines.append("")
 
     kh = s["khat"]
-    lines += [f"## {SECTIONS[4]}", ""]
+    lines += [f"## {SECTIONS[5]}", ""]
     if kh.get("available"):
         k = kh["khat"]
         lines += [
@@ -889,7 +956,7 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
     lines.append("")
 
     st = s["structures"]
-    lines += [f"## {SECTIONS[5]}", ""]
+    lines += [f"## {SECTIONS[6]}", ""]
     lo, hi = st["uncertain_range"]
     total = st["total"]
     lines += [
@@ -920,7 +987,7 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
     lines.append("")
 
     stab = s["stability"]
-    lines += [f"## {SECTIONS[6]}", ""]
+    lines += [f"## {SECTIONS[7]}", ""]
     if stab.get("available"):
         t = stab["total"]
         lines += [
@@ -955,7 +1022,7 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
         "accuracy_coverage.png": "Accuracy vs coverage when abstaining on the least confident examples.",
         "khat.png": "Sorted normalised importance weights and the PSIS k̂.",
     }
-    lines += [f"## {SECTIONS[7]}", ""]
+    lines += [f"## {SECTIONS[8]}", ""]
     for name in FIGURES:
         lines += [f"![{captions[name]}](figures/{name})", "", f"*{captions[name]}*", ""]
     return "\n".join(lines)

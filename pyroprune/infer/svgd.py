@@ -65,8 +65,18 @@ __all__ = [
     "LatentSite",
     "SVGD",
     "SVGDDiverged",
+    "check_num_particles",
     "fit_svgd",
 ]
+
+
+def check_num_particles(num_particles: object) -> None:
+    """Raise a one-line ``ValueError`` unless ``num_particles`` is an integer >= 2."""
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
+        raise ValueError(
+            f"SVGD needs num_particles >= 2 (got {num_particles!r}); with one particle the repulsion vanishes "
+            "and SVGD is MAP: fit a point estimate with fit_svi and an AutoDelta guide instead"
+        )
 
 
 class SVGDDiverged(TrainingDiverged):
@@ -77,9 +87,16 @@ class SVGDDiverged(TrainingDiverged):
 
 
 def _squared_distances(x: torch.Tensor) -> torch.Tensor:
-    """``[K, K]`` squared Euclidean distances between the rows of ``x`` (no ``[K, K, D]`` intermediate)."""
-    sq = torch.cdist(x, x).square()
-    return sq.fill_diagonal_(0.0)
+    """``[K, K]`` squared Euclidean distances between the rows of ``x`` (no ``[K, K, D]`` intermediate), as
+    :math:`\\|x_i\\|^2 + \\|x_j\\|^2 - 2 x_i^\\top x_j` (what ``torch.cdist`` does for more than 25 rows).
+
+    That form cancels catastrophically for rows close together far from the origin (float32: relative errors
+    above 1 for distances of 1e-3 at coordinates near 5), so ``x`` should be centred (the caller does it: the
+    distances are translation invariant). No ``torch.cdist``: it would also copy ``x`` twice, out of sight of
+    :func:`~pyroprune.measure.peak_tensor_memory`."""
+    norms = torch.linalg.vector_norm(x, dim=1).square()
+    sq = (norms.unsqueeze(1) + norms.unsqueeze(0)).sub_(x @ x.T, alpha=2.0)
+    return sq.clamp_min_(0.0).fill_diagonal_(0.0)
 
 
 def _median_bandwidth(sq: torch.Tensor) -> torch.Tensor:
@@ -119,6 +136,7 @@ class SteinKernel(ABC):
 
     def matrix_and_repulsion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``[K, K]`` kernel matrix and the ``[K, D]`` repulsion :math:`\\sum_j \\nabla_{x_j} k(x_j, x_i)`."""
+        x = x - x.mean(0)  # both terms are translation invariant; centring keeps them accurate
         sq = _squared_distances(x)
         kmat, w, c = self.weights(sq, self.bandwidth_of(sq))
         repulsion = c * (x * w.sum(1, keepdim=True) - w @ x)
@@ -192,9 +210,10 @@ class LatentSite:
     name: str
     shape: tuple[int, ...]  # the site's value shape outside the particle plate (batch + event)
     offset: int
-    numel: int
+    numel: int  # its width in the flat vector: the number of unconstrained values
     transform: torch.distributions.Transform
     event_dim: int
+    unconstrained_shape: tuple[int, ...]  # ``shape`` in unconstrained space (a simplex of C has C - 1 entries)
 
 
 def _sum_per_particle(log_prob: torch.Tensor, num_particles: int, particle_dim: int) -> torch.Tensor:
@@ -240,11 +259,7 @@ class SVGD(nn.Module):
         super().__init__()
         if not callable(model):
             raise TypeError(f"SVGD: model must be callable, got {type(model).__name__}")
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
-            raise ValueError(
-                f"SVGD needs num_particles >= 2 (got {num_particles!r}); with one particle the repulsion vanishes "
-                "and SVGD is MAP: fit a point estimate with fit_svi and an AutoDelta guide instead"
-            )
+        check_num_particles(num_particles)
         if not isinstance(max_plate_nesting, int) or max_plate_nesting < 0:
             raise ValueError(f"SVGD: 'max_plate_nesting' must be an integer >= 0, got {max_plate_nesting!r}")
         if not lr > 0:
@@ -278,6 +293,9 @@ class SVGD(nn.Module):
         :meth:`step` if needed."""
         with pyro.settings.context(module_local_params=True):
             trace = poutine.trace(self._vectorized).get_trace(self.num_particles, *args, **kwargs)
+            # A support's parameters may carry the particle plate's batch shape ([K, 1, C] for a GatedNet's
+            # LogUniform): bijections from a one-particle trace broadcast over any number of particles K'.
+            single = poutine.trace(self._vectorized).get_trace(1, *args, **kwargs).nodes
         sites, values, offset = [], [], 0
         k = self.num_particles
         for name, node in trace.nodes.items():
@@ -298,9 +316,11 @@ class SVGD(nn.Module):
                     f"{tuple(value.shape)}); check 'max_plate_nesting' ({self.max_plate_nesting})"
                 )
             shape = tuple(value.shape[pos + 1 :])
-            numel = math.prod(shape)
-            transform = biject_to(support)
-            site = LatentSite(name, shape, offset, numel, transform, fn.event_dim)
+            transform = biject_to(single[name]["fn"].support if name in single else support)
+            # The unconstrained value may have another shape (a simplex of C entries has C - 1 free ones).
+            unconstrained_shape = tuple(transform.inv(value).shape[pos + 1 :])
+            numel = math.prod(unconstrained_shape)
+            site = LatentSite(name, shape, offset, numel, transform, fn.event_dim, unconstrained_shape)
             sites.append(site)
             offset += numel
             values.append(self._initial_values(site, value))
@@ -330,7 +350,7 @@ class SVGD(nn.Module):
             else:
                 raise ValueError(f"SVGD: 'init' has no initial values for latent site {site.name!r}")
             v = torch.as_tensor(v, dtype=prior_value.dtype, device=prior_value.device)
-            if v.numel() != k * site.numel:
+            if v.numel() != k * math.prod(site.shape):
                 raise ValueError(
                     f"SVGD: initial values of site {site.name!r} have shape {tuple(v.shape)}, expected "
                     f"({k}, {', '.join(map(str, site.shape))})"
@@ -340,9 +360,9 @@ class SVGD(nn.Module):
     # -- the target density ------------------------------------------------------------------------------------
 
     def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Site name -> unconstrained values ``[K, *shape]`` of flat ``[K, D]`` particles."""
+        """Site name -> unconstrained values ``[K, *unconstrained_shape]`` of flat ``[K, D]`` particles."""
         k = flat.shape[0]
-        return {s.name: flat[:, s.offset : s.offset + s.numel].reshape(k, *s.shape) for s in self.sites}
+        return {s.name: flat[:, s.offset : s.offset + s.numel].reshape(k, *s.unconstrained_shape) for s in self.sites}
 
     def _plate_shape(self, site: LatentSite, num_particles: int) -> tuple[int, ...]:
         # The particle dimension sits at max_plate_nesting batch dims left of the event: pad with ones.

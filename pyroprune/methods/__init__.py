@@ -13,6 +13,7 @@ name            rule                                                 paper
 ``random``      random at a given/matched rate                       baseline
 ``rbp``         :math:`|E[\\theta]| < \\tau` (Gaussian noise)         Zhou et al. 2018/2019
 ``rbp-bmr``     :math:`\\Delta F \\ge 0` against the Dirac-like spike  RBP + BMR (this package)
+``dllp``        SVGD particles' inclusion probability >= 1/2          DLLP 2022 (model: this package)
 ==============  ===================================================  ==========================
 """
 
@@ -24,6 +25,7 @@ from functools import partial
 from ..plan import PruningPlan
 from ..posterior import GatePosterior
 from .bmrs import bmrs_n, bmrs_u
+from .dllp import dllp
 from .magnitude import expected_gate, random_rule, weight_norm
 from .rbp import rbp_bmr, rbp_threshold
 from .sbp import snr
@@ -39,6 +41,7 @@ __all__ = [
     "random_rule",
     "rbp_threshold",
     "rbp_bmr",
+    "dllp",
 ]
 
 #: Rule name -> function ``(posterior, gated, **params) -> PruningPlan``.
@@ -52,6 +55,7 @@ RULES: dict[str, Callable[..., PruningPlan]] = {
     "random": random_rule,
     "rbp": rbp_threshold,
     "rbp-bmr": rbp_bmr,
+    "dllp": dllp,
 }
 
 

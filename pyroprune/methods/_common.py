@@ -19,8 +19,10 @@ def plan_from_scores(
     score: Mapping[str, torch.Tensor],
     keep: Mapping[str, torch.Tensor],
     keepness: Mapping[str, torch.Tensor] | None = None,
+    fold: Mapping[str, torch.Tensor] | None = None,
 ) -> PruningPlan:
-    """Assemble a plan; every kept structure folds its posterior :math:`E[\\theta]`.
+    """Assemble a plan; every kept structure folds its posterior :math:`E[\\theta]` (or ``fold[site]``, e.g. 1 for
+    rules whose kept structures are used as trained).
 
     A site is never emptied: if the rule prunes every structure of a site, the one with the highest
     ``keepness`` (default: ``score``) is kept and recorded in ``forced`` -- an empty layer would disconnect the
@@ -35,13 +37,14 @@ def plan_from_scores(
             best = int(torch.argmax(keepness[site.name].detach().cpu()))
             k[best] = True
             forced = [best]
-        fold = posterior.mean(site.name).detach().cpu()
+        folded = posterior.mean(site.name) if fold is None else fold[site.name]
+        folded = torch.as_tensor(folded).detach().cpu()
         sites.append(
             SitePlan(
                 site,
                 k.tolist(),
                 score[site.name].detach().cpu().double().tolist(),
-                fold.double().tolist(),
+                folded.double().tolist(),
                 forced,
             )
         )
