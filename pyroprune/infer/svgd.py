@@ -461,6 +461,9 @@ def fit_svgd(
     """Run ``engine`` over minibatches ``(x, y)`` of ``train`` for ``epochs`` epochs; the model is called as
     ``model(x, y, num_data=len(train), **model_kwargs)``.
 
+    All particles share one minibatch: a network with BatchNorm should run in eval mode (as DLLP's model does),
+    or the batch statistics would couple the particles.
+
     :param before_step: called as ``before_step(step, total_steps)`` before every step (e.g. a temperature
         schedule of the model).
     :param on_epoch_end: as in :func:`~pyroprune.infer.fit_svi`.
