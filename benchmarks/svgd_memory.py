@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import resource
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from _common import machine  # benchmarks/ is sys.path[0] when a script runs
 from pyro.infer import RBFSteinKernel
 
 from pyroprune.gates import GatedNet
@@ -116,16 +116,6 @@ def verify(k: int, d: int, device: torch.device) -> dict:
         out["rss_growth"] = max_rss1 - rss0
     del particles, grad
     return out
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}{gpu}; torch {torch.__version__}"
 
 
 def gib(n: float) -> str:

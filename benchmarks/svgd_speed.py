@@ -28,7 +28,6 @@ import argparse
 import datetime
 import itertools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from _common import machine  # benchmarks/ is sys.path[0] when a script runs
 
 from pyroprune.data import TensorSplit, load_mnist
 from pyroprune.gates import GatedNet
@@ -137,17 +137,6 @@ def load_train(data: str, device: torch.device, batch_size: int) -> tuple[Tensor
         n = 20 * batch_size
         x, y = torch.randn(n, 1, 28, 28, device=device), torch.randint(0, 10, (n,), device=device)
         return TensorSplit(x, y), "random MNIST-shaped tensors (no MNIST files found)"
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch threads: {torch.get_num_threads()}{gpu}; torch {torch.__version__}"
 
 
 def main() -> None:
