@@ -50,12 +50,19 @@ from .gates import GatedNet
 
 __all__ = [
     "SALIENCY_METHODS",
+    "kl_log_probs",
     "LosslessGateModel",
     "structure_saliency",
     "keep_prior_logits",
     "hard_gates",
     "relaxed_gates",
 ]
+
+
+def kl_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    r""":math:`\mathrm{KL}(p \| q) = \sum_k p_k (\log p_k - \log q_k)` over the last dimension, from log-probabilities
+    (exact for every :math:`q_k > 0`, no clamping)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def relaxed_gates(v: Mapping[str, torch.Tensor], temperature: float) -> dict[str, torch.Tensor]:
@@ -150,7 +157,7 @@ class LosslessGateModel(nn.Module):
         n = num_data or self.gated.num_data or x.shape[0]
         with pyro.plate("data", size=n, subsample=torch.arange(x.shape[0], device=x.device)):
             if self.lossless_weight:
-                kl = (teacher.exp() * (teacher - log_p)).sum(-1)
+                kl = kl_log_probs(teacher, log_p)
                 pyro.factor("lossless", -self.lossless_weight * kl)
             if self.label_weight:
                 if y is None:
@@ -216,7 +223,7 @@ def _exact_saliency(gated: GatedNet, x: torch.Tensor, max_batch: int) -> dict[st
             gates = torch.ones(idx.numel(), site.size, dtype=x.dtype, device=x.device)
             gates[torch.arange(idx.numel(), device=x.device), idx] = 0.0
             log_p = torch.log_softmax(gated.forward_with_gates(x, {site.name: gates}), dim=-1)
-            kl = (teacher.exp() * (teacher - log_p)).sum(-1).mean(-1)
+            kl = kl_log_probs(teacher, log_p).mean(-1)
             values.append(kl.clamp_min(0.0).double())
         out[site.name] = torch.cat(values)
     return out

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..data import DataSplits, TensorSplit
 from ..gates import GatedNet
-from ..lossless import LosslessGateModel, hard_gates, keep_prior_logits, structure_saliency
+from ..lossless import LosslessGateModel, hard_gates, keep_prior_logits, kl_log_probs, structure_saliency
 from ..methods.dllp import temperature_schedule
 from ..posterior import GatePosterior
 from .svgd import SVGD, SteinKernel, check_num_particles, fit_svgd
@@ -80,11 +80,11 @@ def particle_scores(
             teacher = torch.log_softmax(gated.net(x), dim=-1)
             log_p = torch.log_softmax(gated.forward_with_gates(x, gates), dim=-1)  # [K, B, C]
             dense_class = teacher.argmax(-1)
-            sums[0] += (teacher.exp() * (teacher - log_p)).sum(-1).sum(-1).double()
+            sums[0] += kl_log_probs(teacher, log_p).sum(-1).double()
             sums[1] += (log_p.argmax(-1) == dense_class).sum(-1).double()
             sums[2] += (log_p.argmax(-1) == y).sum(-1).double()
             log_mix = torch.logsumexp(log_p, dim=0) - math.log(k)
-            ens[0] += (teacher.exp() * (teacher - log_mix)).sum().double()
+            ens[0] += kl_log_probs(teacher, log_mix).sum().double()
             ens[1] += (log_mix.argmax(-1) == dense_class).sum().double()
             ens[2] += (log_mix.argmax(-1) == y).sum().double()
     finally:
