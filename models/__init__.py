@@ -12,7 +12,7 @@ from torch import nn
 
 from .lenet import BMRSLeNet5, LeNet5Caffe
 from .mlp import BMRSMLP, LeNet300100, LeNet500300
-from .resnet_cifar import BasicBlock, CifarResNet, resnet20, resnet56
+from .resnet_cifar import BasicBlock, CifarResNet, resnet20, resnet56, small_resnet
 from .vgg import VGG_LIKE_CFG, VGGLike
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "build_model",
     "resnet20",
     "resnet56",
+    "small_resnet",
 ]
 
 #: Model name -> constructor; keyword arguments of :func:`build_model` are passed through.
@@ -41,6 +42,7 @@ MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "vgg-like": VGGLike,
     "resnet20": resnet20,
     "resnet56": resnet56,
+    "small-resnet": small_resnet,
 }
 
 

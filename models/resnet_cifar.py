@@ -1,11 +1,11 @@
-"""CIFAR ResNets (ResNet-20/56) with projection shortcuts."""
+"""CIFAR ResNets (ResNet-20/56) with projection shortcuts, and a small variant for MNIST-sized data."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet56"]
+__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet56", "small_resnet"]
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -80,19 +80,26 @@ class CifarResNet(nn.Module):
     :param depth: total depth ``6n + 2`` (20, 32, 44, 56, 110, ...).
     :param num_classes: number of output logits.
     :param in_channels: input image channels.
+    :param width: channels of the first stage (the paper's 16); the stages have ``width``, ``2 width``,
+        ``4 width``.
+    :param stem_stride: stride of the first convolution (1 in the paper; 2 halves the resolution of every stage,
+        a quarter of the multiply-accumulates, for 28×28 inputs).
     """
 
-    stage_channels: tuple[int, int, int] = (16, 32, 64)
-
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(
+        self, depth: int, num_classes: int = 10, in_channels: int = 3, width: int = 16, stem_stride: int = 1
+    ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CifarResNet depth must be 6n + 2 with n >= 1, got {depth}")
+        if width < 1 or stem_stride < 1:
+            raise ValueError(f"CifarResNet 'width' and 'stem_stride' must be >= 1, got {width}, {stem_stride}")
         self.depth = depth
         self.num_classes = num_classes
+        self.stage_channels = (width, 2 * width, 4 * width)
         blocks_per_stage = (depth - 2) // 6
         c1, c2, c3 = self.stage_channels
-        self.conv1 = _conv3x3(in_channels, c1)
+        self.conv1 = _conv3x3(in_channels, c1, stem_stride)
         self.bn1 = nn.BatchNorm2d(c1)
         self.relu = nn.ReLU()
         self.layer1 = self._make_stage(c1, c1, blocks_per_stage, stride=1)
@@ -130,3 +137,12 @@ def resnet20(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
 def resnet56(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     """ResNet-56 (n = 9) of He et al. (2016), §4.2, with projection shortcuts."""
     return CifarResNet(56, num_classes=num_classes, in_channels=in_channels)
+
+
+def small_resnet(
+    depth: int = 20, num_classes: int = 10, in_channels: int = 1, width: int = 8, stem_stride: int = 2
+) -> CifarResNet:
+    """A small residual network for MNIST-sized data: :class:`CifarResNet` (He et al. 2016, §4.2) with half the
+    channels (8/16/32) and a stride-2 first convolution (28×28 inputs run the stages at 14/7/4 pixels), about
+    1/16 of ResNet-20's multiply-accumulates; 7 of its 9 blocks have identity shortcuts (SR-init candidates)."""
+    return CifarResNet(depth, num_classes=num_classes, in_channels=in_channels, width=width, stem_stride=stem_stride)

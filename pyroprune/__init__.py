@@ -6,11 +6,15 @@ The flow (one function per arrow)::
               --decide()--> PruningPlan --remove()--> smaller plain nn.Module
 
 (or ``fit_svgd()`` of an :class:`SVGD` engine: particles instead of a guide; DLLP's ``fit_dllp()``.)
+
+Depth (SR-init): ``find_residual_blocks()`` --> ``block_sensitivity()`` (re-initialisation drops with their
+posterior) --``decide(..., "srinit")``--> PruningPlan of blocks --``remove()``--> a shallower network.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from . import distributions, reduction
+from .blocks import ResidualBlock, find_residual_blocks, remove_blocks
 from .data import DataSplits, TensorSplit, load_digits
 from .distributions import DiracLike, LogUniform, TruncatedLogNormal, TruncatedNormal
 from .gates import GatedNet, GateSite, feature_site_name, find_gate_sites, gate
@@ -39,6 +43,7 @@ from .pipeline import PruneConfig, PruneResult, network_metrics, prune_network
 from .plan import PruningPlan, SitePlan
 from .posterior import GatePosterior, posterior_from_guide
 from .reduction import delta_f_bmrs_n, delta_f_bmrs_u, delta_f_dirac_like, delta_f_quadrature
+from .sensitivity import BlockSensitivity, block_sensitivity
 from .serialization import load_pruned, save_pruned
 from .surgery import fold_gates, remove
 
@@ -106,4 +111,9 @@ __all__ = [
     "save_pruned",
     "fold_gates",
     "remove",
+    "ResidualBlock",
+    "find_residual_blocks",
+    "remove_blocks",
+    "BlockSensitivity",
+    "block_sensitivity",
 ]

@@ -61,7 +61,7 @@ Selector = str | type
 #: Suffix of an input-feature site's name: the site gating the inputs of ``Linear`` ``"fc1"`` is ``"fc1:in"``.
 FEATURE_SUFFIX = ":in"
 
-_DIM_SUFFIX = {"neuron": "unit", "channel": "channel", "feature": "feature"}
+_DIM_SUFFIX = {"neuron": "unit", "channel": "channel", "feature": "feature", "block": "block"}
 
 
 def feature_site_name(path: str) -> str:
@@ -81,8 +81,9 @@ class GateSite:
     :param name: the Pyro sample site name, the module path of the first producer (e.g. ``"features.0"``); for
         an input-feature site the ``Linear``'s path followed by ``":in"`` (:func:`feature_site_name`).
     :param size: the number of structures (neurons, channels or input features).
-    :param kind: ``"neuron"`` (``Linear`` outputs), ``"channel"`` (``Conv`` outputs) or ``"feature"`` (the
-        ``in_features`` inputs of one ``Linear``).
+    :param kind: ``"neuron"`` (``Linear`` outputs), ``"channel"`` (``Conv`` outputs), ``"feature"`` (the
+        ``in_features`` inputs of one ``Linear``) or ``"block"`` (the removable residual blocks of one stage, in
+        SR-init's plans; :mod:`pyroprune.blocks`).
     :param producers: module paths of the ``Linear``/``Conv`` layers whose outputs are the structures; for a
         ``"feature"`` site the gated ``Linear`` itself (whose inputs are the structures).
     :param gated_modules: module paths whose outputs are multiplied by the gate (a producer, or the
@@ -101,6 +102,12 @@ class GateSite:
         ``fc1:in``; ArviZ-friendly)."""
         stem = self.name.replace(".", "_").replace(":", "_")
         return f"{stem}_{_DIM_SUFFIX.get(self.kind, 'channel')}"
+
+    @property
+    def is_block(self) -> bool:
+        """Whether the site's structures are whole residual blocks (kind ``"block"``, named by module path in
+        ``producers``)."""
+        return self.kind == "block"
 
     @property
     def is_feature(self) -> bool:

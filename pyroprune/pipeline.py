@@ -9,6 +9,10 @@ Two schedules (Wright, Igel & Selvan 2024, §4 and their public code):
   Gaussian dropout noise fitted under the Dirac-like prior with the earlier layers already pruned and fixed.
 * ``"svgd"`` (DLLP, :mod:`pyroprune.infer.dllp`): SVGD particles over relaxed keep indicators of the trained
   network (weights fixed) under a distribution-lossless likelihood; the particles are sub-networks.
+* ``"reinit"`` (SR-init, :mod:`pyroprune.infer.srinit`): each residual block re-initialised with several seeds,
+  its accuracy drop measured on the validation split; insensitive blocks removed (depth, no gates).
+
+``depth="srinit"`` runs SR-init's block removal first and any width method on the shallower network.
 
 Then the pruned structures are physically removed, the kept gates' :math:`E[\\theta]` folded into the
 weights, and the plain network fine-tuned (best validation checkpoint kept).
@@ -45,7 +49,7 @@ __all__ = [
     "SCHEDULES",
 ]
 
-SCHEDULES = ("post-training", "continuous", "recursive", "svgd")
+SCHEDULES = ("post-training", "continuous", "recursive", "svgd", "reinit")
 
 
 @dataclass
@@ -90,6 +94,20 @@ class PruneConfig:
     calibration_size: int = 512
     lossless_weight: float = 1.0
     label_weight: float = 0.0
+    #: SR-init (``method="srinit"``, ``schedule="reinit"``, or ``depth="srinit"`` before a width method): the
+    #: residual blocks (module paths or patterns; empty: found by their ``shortcut``/``downsample``), the
+    #: re-initialisations per block and their kind (``"kaiming"``, ``"default"``), and the bootstrap of the drops'
+    #: posterior (``"bayesian"`` or ``"classical"``, number of draws); see ``docs/methods/srinit.md``. The depth
+    #: stage of a combined run decides with ``depth_params`` (the srinit rule's ``tau``/``prob`` or a budget) and
+    #: fine-tunes ``depth_finetune_epochs`` before the width method.
+    blocks: list[str] = field(default_factory=list)
+    reinit_seeds: int = 5
+    reinit_init: str = "kaiming"
+    bootstrap: str = "bayesian"
+    bootstrap_draws: int = 2000
+    depth: str = "none"
+    depth_params: dict = field(default_factory=dict)
+    depth_finetune_epochs: int = 0
 
     def validate(self) -> None:
         if not isinstance(self.input_gates, list | tuple) or not all(isinstance(g, str) for g in self.input_gates):
@@ -111,6 +129,43 @@ class PruneConfig:
                 raise ValueError(f"'{name}' must be > 0")
         self._validate_recursive()
         self._validate_svgd()
+        self._validate_reinit()
+
+    def _validate_reinit(self) -> None:
+        from .blocks import BLOCK_INITS
+        from .infer.srinit import DEPTH_METHODS, SRINIT_METHODS
+        from .methods.srinit import check_srinit_params
+        from .sensitivity import BOOTSTRAPS
+
+        reinit = self.schedule == "reinit"
+        if reinit and self.method not in SRINIT_METHODS:
+            raise ValueError(f"schedule 'reinit' needs method 'srinit', got 'method' {self.method!r}")
+        if not reinit and self.method in SRINIT_METHODS:
+            raise ValueError(f"method {self.method!r} needs schedule 'reinit' (got 'schedule' {self.schedule!r})")
+        if self.depth not in DEPTH_METHODS:
+            raise ValueError(f"'depth' must be one of {', '.join(DEPTH_METHODS)}, got {self.depth!r}")
+        if reinit and self.depth != "none":
+            raise ValueError("'depth' adds SR-init before a width method; method 'srinit' is depth pruning already")
+        if not isinstance(self.blocks, list | tuple) or not all(isinstance(b, str) for b in self.blocks):
+            raise ValueError(f"'blocks' must be a list of module paths (strings), got {self.blocks!r}")
+        if self.reinit_init not in BLOCK_INITS:
+            raise ValueError(f"'reinit_init' must be one of {', '.join(BLOCK_INITS)}, got {self.reinit_init!r}")
+        if self.bootstrap not in BOOTSTRAPS:
+            raise ValueError(f"'bootstrap' must be one of {', '.join(BOOTSTRAPS)}, got {self.bootstrap!r}")
+        for name in ("reinit_seeds", "bootstrap_draws"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"'{name}' must be >= 1, got {getattr(self, name)}")
+        if self.depth_finetune_epochs < 0:
+            raise ValueError(f"'depth_finetune_epochs' must be >= 0, got {self.depth_finetune_epochs}")
+        if reinit:
+            check_srinit_params(**self.method_params)
+        elif self.depth == "srinit":
+            try:
+                check_srinit_params(**self.depth_params)
+            except TypeError as e:
+                raise ValueError(f"'depth_params': {e}") from None
+            except ValueError as e:
+                raise ValueError(f"'depth_params': {e}") from None
 
     def _validate_svgd(self) -> None:
         from .infer.dllp import DLLP_METHODS
@@ -163,16 +218,23 @@ class PruneConfig:
 
 @dataclass
 class PruneResult:
-    """Everything :func:`prune_network` produced."""
+    """Everything :func:`prune_network` produced.
 
-    gated: GatedNet
-    guide: nn.Module
-    posterior: GatePosterior
+    SR-init alone (``schedule="reinit"``) fits no gates: ``gated``, ``guide`` and ``posterior`` are ``None`` and
+    ``plan`` is the block plan. ``depth`` holds the depth stage (:class:`~pyroprune.infer.srinit.DepthStage`)
+    of SR-init and of combined runs (``depth="srinit"``), whose ``plan`` is then the width plan on the
+    shallower network.
+    """
+
+    gated: GatedNet | None
+    guide: nn.Module | None
+    posterior: GatePosterior | None
     plan: PruningPlan
     pruned: nn.Module
     history: FitHistory
     finetune_history: list[dict]
     config: PruneConfig
+    depth: object | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -203,6 +265,27 @@ def prune_network(
 
     config = config or PruneConfig()
     config.validate()
+    if config.schedule == "reinit":  # SR-init: depth only (pyroprune.infer.srinit)
+        from .infer.srinit import prune_srinit
+
+        return prune_srinit(net, data, config, progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    if config.depth == "srinit":  # SR-init's blocks first, then the width method on the shallower network
+        from .infer.srinit import with_depth_stage
+
+        if resume:
+            raise ValueError("'resume' is not supported with depth='srinit' (the depth stage is not checkpointed)")
+        stage, shallow = with_depth_stage(net, data, config, progress)
+        result = prune_network(
+            shallow,
+            data,
+            replace(config, depth="none"),
+            progress,
+            checkpoint_dir=checkpoint_dir,
+            fingerprint=fingerprint,
+        )
+        result.depth = stage
+        result.config = config
+        return result
     if config.schedule == "recursive":  # RBP: layer by layer (pyroprune.infer.recursive)
         from .infer.recursive import prune_recursive
 
@@ -301,6 +384,10 @@ def decide_again(
     depend on the rule either; e.g. ``dllp`` with ``select="best"``). Under the continuous schedule the masks
     applied during training came from ``result``'s own rule, so this raises.
     """
+    if result.config.schedule == "reinit":
+        raise ValueError(
+            "decide_again needs a gate posterior; for SR-init apply the srinit rule to result.depth.sensitivity"
+        )
     if result.config.schedule not in ("post-training", "svgd"):
         raise ValueError(
             f"decide_again needs a post-training fit (schedule {result.config.schedule!r} ties the fit to its rule)"
@@ -309,7 +396,9 @@ def decide_again(
     config.validate()
     plan = decide(result.posterior, method, result.gated, **config.method_params)
     pruned, finetune = remove_and_finetune(result.gated, plan, data, config, progress=progress)
-    return PruneResult(result.gated, result.guide, result.posterior, plan, pruned, result.history, finetune, config)
+    return PruneResult(
+        result.gated, result.guide, result.posterior, plan, pruned, result.history, finetune, config, result.depth
+    )
 
 
 @torch.no_grad()
@@ -395,6 +484,14 @@ def measure_result(
         "macs_reduction": dense_m["macs"] / pruned_m["macs"],
         "latency_speedup": dense_m["latency_ms"] / pruned_m["latency_ms"],
     }
+    if result.depth is not None:  # SR-init: which blocks went, per stage
+        plan = result.depth.plan
+        metrics["depth"] = {
+            "removed_blocks": result.depth.removed,
+            "blocks_kept": plan.kept_string(),
+            "blocks_total": plan.total_string(),
+            "params": dict(plan.params, fixed_blocks=len(plan.params.get("fixed_blocks", {}))),
+        }
     return metrics
 
 

@@ -2,7 +2,8 @@
 
 A recipe names an architecture (``[model]``), a data set (``[data]``), an optional dense pre-training
 (``[pretrain]``) and every setting of :class:`~pyroprune.pipeline.PruneConfig` (``[prune]``, method
-parameters in ``[prune.method_params]``)::
+parameters in ``[prune.method_params]``; an SR-init depth stage before the width method reads
+``[prune.depth_params]``)::
 
     name = "sbp-lenet5-caffe-mnist"
     description = "SBP (Neklyudov et al. 2017), LeNet-5-Caffe on MNIST"
@@ -236,6 +237,8 @@ def recipe_from_dict(d: Mapping[str, Any], source: str | None = None) -> Recipe:
             raise ValueError(_unknown_choice(f"prune.{key}", prune[key], valid, what or key))
     if "method_params" in prune:
         prune["method_params"] = _check_signature(prune["method_params"], RULES[prune["method"]], "prune.method_params")
+    if "depth_params" in prune:  # the depth stage's rule is SR-init's
+        prune["depth_params"] = _check_signature(prune["depth_params"], RULES["srinit"], "prune.depth_params")
     config = PruneConfig(**prune)
     try:
         config.validate()

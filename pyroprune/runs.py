@@ -11,7 +11,13 @@ A run directory written by :func:`save_run` holds
 ``dense/``                    the dense network before gating
 ``posterior/net.safetensors`` the network weights fitted jointly with the gates
 ``posterior/guide.safetensors`` the guide's parameters (the gate posterior)
+``depth/plan.json``           SR-init runs (alone or before a width method): the block plan
+``depth/sensitivity.json``    the blocks' re-initialisation drops and their posterior draws
 ============================  ==============================================================================
+
+A run of SR-init alone fits no gates: it has no ``posterior/`` and its ``plan.json`` is the block plan. In a
+combined run (``depth="srinit"``) the gated network is the shallower one, rebuilt by removing the blocks of
+``depth/plan.json`` from the architecture.
 
 :func:`load_run` rebuilds a :class:`~pyroprune.diagnostics.run.RunArtifacts` and the data splits from it.
 """
@@ -26,6 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .blocks import remove_blocks
 from .data import DataSplits, load_dataset, load_digits
 from .diagnostics.run import RunArtifacts
 from .distributions import LogUniform
@@ -48,9 +55,9 @@ _REQUIRED = (
     "model/model.safetensors",
     "dense/model.json",
     "dense/model.safetensors",
-    "posterior/net.safetensors",
-    "posterior/guide.safetensors",
 )
+_POSTERIOR = ("posterior/net.safetensors", "posterior/guide.safetensors")
+_DEPTH = ("depth/plan.json", "depth/sensitivity.json")
 
 
 def artifacts_from_result(result: PruneResult, dense=None) -> RunArtifacts:
@@ -64,6 +71,7 @@ def artifacts_from_result(result: PruneResult, dense=None) -> RunArtifacts:
         dense,
         result.config.method,
         result.config.seed,
+        result.depth,
     )
 
 
@@ -90,12 +98,18 @@ def save_run(
     from . import __version__
 
     directory = Path(directory)
-    (directory / "posterior").mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     result.plan.save(directory / "plan.json")
     save_pruned(result.pruned, directory / "model", arch=arch)
     save_pruned(dense, directory / "dense", arch=arch)
-    _save_state(result.gated.net.state_dict(), directory / "posterior" / "net.safetensors")
-    _save_state(_guide_state(result), directory / "posterior" / "guide.safetensors")
+    if result.gated is not None:
+        (directory / "posterior").mkdir(exist_ok=True)
+        _save_state(result.gated.net.state_dict(), directory / "posterior" / "net.safetensors")
+        _save_state(_guide_state(result), directory / "posterior" / "guide.safetensors")
+    if result.depth is not None:  # SR-init: the block plan and the measured drops
+        (directory / "depth").mkdir(exist_ok=True)
+        result.depth.plan.save(directory / "depth" / "plan.json")
+        result.depth.sensitivity.save(directory / "depth" / "sensitivity.json")
     doc = {
         "format": RUN_FORMAT,
         "version": 1,
@@ -103,11 +117,13 @@ def save_run(
         "arch": arch,
         "data": data,
         "config": asdict(result.config),
-        "guide": type(result.guide).__name__,
+        "guide": None if result.guide is None else type(result.guide).__name__,
         "history": result.history.epochs,
         "finetune": result.finetune_history,
         "metadata": metadata or {},
     }
+    if result.depth is not None:
+        doc["depth"] = {"method": "srinit", "finetune": result.depth.finetune_history}
     if isinstance(result.guide, NormalNoiseGuide):  # RBP: the per-structure Dirac-like prior of the final model
         doc["gate_prior"] = {
             "kind": "dirac-like",
@@ -169,23 +185,38 @@ def load_run(directory: str | os.PathLike, device="cpu", data_root=None) -> tupl
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"run directory not found: {directory}")
-    missing = [name for name in _REQUIRED if not (directory / name).is_file()]
+    doc = None
+    if (directory / "run.json").is_file():
+        try:
+            doc = json.loads((directory / "run.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{directory / 'run.json'} is not valid JSON: {e}") from e
+    required = list(_REQUIRED)
+    if isinstance(doc, dict):
+        required += list(_POSTERIOR) if doc.get("guide") is not None else []
+        required += list(_DEPTH) if doc.get("depth") else []
+    missing = [name for name in required if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{directory} is not a complete pyroprune run: missing {', '.join(missing)}")
-    try:
-        doc = json.loads((directory / "run.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{directory / 'run.json'} is not valid JSON: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
         raise ValueError(f"{directory / 'run.json'} is not a pyroprune run description")
     if doc.get("version") != 1:
         raise ValueError(f"{directory / 'run.json'}: run format version {doc.get('version')!r} is not supported (1)")
-    if doc.get("guide") not in (TruncatedLogNormalGuide.__name__, NormalNoiseGuide.__name__, SVGD.__name__):
+    guides = (TruncatedLogNormalGuide.__name__, NormalNoiseGuide.__name__, SVGD.__name__)
+    if doc.get("guide") not in guides and not (doc.get("guide") is None and doc.get("depth")):
         raise ValueError(f"{directory / 'run.json'}: guide {doc.get('guide')!r} cannot be rebuilt from a run directory")
     known = {f.name for f in fields(PruneConfig)}
     config = PruneConfig(**{k: v for k, v in doc["config"].items() if k in known})
     data = load_data(doc["data"], device, root=data_root)
+    depth = _load_depth(directory, doc) if doc.get("depth") else None
+    pruned = load_pruned(directory / "model").to(device)
+    dense = load_pruned(directory / "dense").to(device)
+    if doc["guide"] is None:  # SR-init alone: no gates
+        plan = PruningPlan.load(directory / "plan.json")
+        return RunArtifacts(None, None, None, plan, pruned, dense, config.method, config.seed, depth), data
     net = build_model(doc["arch"]["name"], **doc["arch"].get("kwargs", {}))
+    if depth is not None:  # the width stage gated the shallower network
+        net = remove_blocks(net, depth.removed, inplace=True)
     net.load_state_dict(load_file(str(directory / "posterior" / "net.safetensors")))
     net.to(device)
     posterior = None
@@ -215,10 +246,20 @@ def load_run(directory: str | os.PathLike, device="cpu", data_root=None) -> tupl
     plan = PruningPlan.load(directory / "plan.json")
     if [sp.site.name for sp in plan.sites] != [s.name for s in gated.sites]:
         raise ValueError(f"{directory / 'plan.json'} does not match the network's gate sites")
-    pruned = load_pruned(directory / "model").to(device)
-    dense = load_pruned(directory / "dense").to(device)
-    run = RunArtifacts(gated, guide, posterior, plan, pruned, dense, config.method, config.seed)
+    run = RunArtifacts(gated, guide, posterior, plan, pruned, dense, config.method, config.seed, depth)
     return run, data
+
+
+def _load_depth(directory: Path, doc: dict):
+    """The SR-init depth stage of a run: block plan, sensitivity, and the fine-tuning that followed it."""
+    from .infer.srinit import DepthStage
+    from .sensitivity import BlockSensitivity
+
+    plan = PruningPlan.load(directory / "depth" / "plan.json")
+    if not all(sp.site.is_block for sp in plan.sites):
+        raise ValueError(f"{directory / 'depth' / 'plan.json'} is not a block plan (sites of kind 'block')")
+    sensitivity = BlockSensitivity.load(directory / "depth" / "sensitivity.json")
+    return DepthStage(sensitivity, plan, list((doc.get("depth") or {}).get("finetune", [])))
 
 
 def _load_dllp(directory: Path, doc: dict, config: PruneConfig, net, data: DataSplits):

@@ -6,7 +6,8 @@ and ``BatchNorm`` module. Loading builds the dense architecture, replaces those 
 recorded shapes and loads the weights -- no code is ever unpickled. A
 :class:`~pyroprune.layers.FeatureSelectLinear` (a ``Linear`` whose pruned input features were removed) is
 recorded with its type, reduced ``in_features`` and ``original_in_features``; its ``in_index`` buffer is in the
-state dict.
+state dict. Residual blocks removed by SR-init (:func:`~pyroprune.blocks.remove_blocks`) are listed under
+``removed_blocks`` and removed from the dense architecture before the modules are reshaped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .blocks import remove_blocks, removed_blocks
 from .layers import FeatureSelectLinear
 from .plan import atomic_write_text
 
@@ -113,6 +115,7 @@ def save_pruned(
         "version": 1,
         "arch": arch,
         "dtype": str(dtype).removeprefix("torch."),
+        "removed_blocks": removed_blocks(net),
         "modules": modules,
         "metadata": metadata or {},
     }
@@ -144,6 +147,12 @@ def load_pruned(directory: str | os.PathLike, skeleton: nn.Module | None = None)
         import copy
 
         net = copy.deepcopy(skeleton)
+    gone = doc.get("removed_blocks", [])
+    if gone:  # SR-init: the same blocks leave the dense skeleton first, so module paths match
+        try:
+            net = remove_blocks(net, gone, inplace=True)
+        except ValueError as e:
+            raise ValueError(f"{directory / 'model.json'}: {e}") from None
     for path, spec in doc["modules"].items():
         parent_path, _, attr = path.rpartition(".")
         parent = net.get_submodule(parent_path) if parent_path else net

@@ -28,6 +28,11 @@ the ``Linear``'s inputs (that would prune the producer's whole channel), so remo
    index of every surviving column is read off exactly afterwards;
 3. the surviving columns whose feature the plan prunes are dropped and the ``Linear`` becomes a
    :class:`~pyroprune.layers.FeatureSelectLinear`, which selects its kept inputs with an index buffer.
+
+Block sites (kind ``"block"``, SR-init) remove whole residual blocks with an identity shortcut, last, by
+:func:`~pyroprune.blocks.remove_blocks`: the stage is rebuilt shallower (the block is deleted from its
+``nn.Sequential``, the other blocks keep their names) or the block becomes an ``nn.Identity``. This is exact
+for a block whose branch is zero, :math:`\\mathrm{ReLU}(0 + x) = x` for the non-negative inputs of a ResNet block.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .blocks import remove_blocks
 from .gates import _NORM_TYPES, _PRODUCER_TYPES, GatedNet, dependency_graph
 from .layers import FeatureSelectLinear
 from .plan import PruningPlan, SitePlan
@@ -129,6 +135,12 @@ def remove(net: nn.Module, plan: PruningPlan, example_input: torch.Tensor, fold:
     if fold:
         fold_gates(net, plan)
     modules = dict(net.named_modules())
+    blocks = [sp for sp in plan.sites if sp.site.is_block]
+    plan = PruningPlan(plan.method, plan.params, [sp for sp in plan.sites if not sp.site.is_block], plan.version)
+    for sp in blocks:
+        for path in sp.site.producers:
+            if path not in modules:
+                raise ValueError(f"plan site {sp.site.name!r}: block {path!r} not found in the network")
     for sp in plan.sites:
         if all(sp.keep):
             continue
@@ -138,6 +150,9 @@ def remove(net: nn.Module, plan: PruningPlan, example_input: torch.Tensor, fold:
             _feature_linear(modules, sp)
         elif modules.get(sp.site.producers[0]) is None:
             raise ValueError(f"plan site {sp.site.name!r}: module {sp.site.producers[0]!r} not found")
+    pruned_blocks = [path for sp in blocks for path, k in zip(sp.site.producers, sp.keep, strict=True) if not k]
+    if all(all(sp.keep) for sp in plan.sites):  # nothing but blocks to remove
+        return remove_blocks(net, pruned_blocks, inplace=True) if pruned_blocks else net
     dg = dependency_graph(net, example_input)
     features = [sp for sp in plan.sites if sp.site.is_feature and not all(sp.keep)]
     # 1. upstream channels none of whose features is kept: removed with the producer's pruned channels
@@ -181,7 +196,8 @@ def remove(net: nn.Module, plan: PruningPlan, example_input: torch.Tensor, fold:
             )
         if len(keep) < len(columns):
             net = _replace(net, sp.site.gated_modules[0], FeatureSelectLinear.from_linear(linear, keep))
-    return net
+    # 4. whole residual blocks (SR-init), last: width cuts above may run through them
+    return remove_blocks(net, pruned_blocks, inplace=True) if pruned_blocks else net
 
 
 class _Tagged:

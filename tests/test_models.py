@@ -35,6 +35,7 @@ CASES: dict[str, tuple[dict[str, object], tuple[int, ...]]] = {
     "vgg-like": ({"width": 0.125}, (3, 32, 32)),
     "resnet20": ({}, (3, 32, 32)),
     "resnet56": ({}, (3, 32, 32)),
+    "small-resnet": ({}, (1, 28, 28)),
 }
 
 # Same, for scikit-learn-digits-sized inputs (64 features or 1×8×8 images).
@@ -47,6 +48,7 @@ SMALL_CASES: dict[str, tuple[dict[str, object], tuple[int, ...]]] = {
     "vgg-like": ({"in_channels": 1, "input_size": 8, "width": 0.125}, (1, 8, 8)),
     "resnet20": ({"in_channels": 1}, (1, 8, 8)),
     "resnet56": ({"in_channels": 1}, (1, 8, 8)),
+    "small-resnet": ({"stem_stride": 1}, (1, 8, 8)),
 }
 
 
@@ -257,6 +259,7 @@ def test_registry_round_trip() -> None:
         "vgg-like",
         "resnet20",
         "resnet56",
+        "small-resnet",
     }
     expected = {
         "bmrs-mlp": BMRSMLP,
@@ -267,6 +270,7 @@ def test_registry_round_trip() -> None:
         "vgg-like": VGGLike,
         "resnet20": CifarResNet,
         "resnet56": CifarResNet,
+        "small-resnet": CifarResNet,
     }
     for name, cls in expected.items():
         kwargs, _ = SMALL_CASES[name]
@@ -274,6 +278,8 @@ def test_registry_round_trip() -> None:
         assert type(model) is cls
         assert model.num_classes == 3
     assert build_model("resnet56").depth == 56
+    small = build_model("small-resnet")
+    assert small.stage_channels == (8, 16, 32) and small.conv1.stride == (2, 2)
 
 
 def test_build_model_unknown_name() -> None:

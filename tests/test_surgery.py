@@ -22,6 +22,7 @@ CASES = {
     "vgg-like": ({"in_channels": 3, "width": 0.25}, (5, 3, 32, 32)),
     "resnet20": ({}, (5, 3, 16, 16)),
     "resnet56": ({}, (3, 3, 8, 8)),
+    "small-resnet": ({}, (5, 1, 16, 16)),
 }
 
 

@@ -245,7 +245,7 @@ def _check_runs(runs: Sequence[tuple[GatedNet, GatePosterior]]) -> None:
 # -- the DataTree ----------------------------------------------------------------------------------------------
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -355,10 +355,10 @@ def build_datatree(
         "pruned_model": int(plan is not None),
         "plan_method": plan.method if plan is not None else "",
         "gate_sites": json.dumps([s.to_dict() for s in sites]),
-        "pyroprune_version": _version("pyroprune"),
+        "pyroprune_version": package_version("pyroprune"),
         "torch_version": str(torch.__version__),
-        "pyro_version": _version("pyro-ppl"),
-        "arviz_version": _version("arviz"),
+        "pyro_version": package_version("pyro-ppl"),
+        "arviz_version": package_version("arviz"),
         "xarray_version": xr.__version__,
     }
     for key, value in (extra_attrs or {}).items():

@@ -12,6 +12,7 @@ r"""The reliability report of one pruning method: several seeds, one architectur
         figures/gate_posteriors.png
         figures/accuracy_coverage.png
         figures/khat.png
+        figures/block_drops.png        with an SR-init depth stage: the drop of each residual block
 
 Three predictors are compared on the test split:
 
@@ -34,6 +35,12 @@ The variational draws are independent samples of :math:`q`, not Markov chains, s
 effective sample size is reported; the quality of :math:`q` is judged by the PSIS :math:`\hat k`
 (:mod:`~pyroprune.diagnostics.approximation`) and the reproducibility of the decisions by the agreement of the
 seeds' plans (:mod:`~pyroprune.diagnostics.stability`).
+
+**SR-init** (``RunArtifacts.depth``): a run whose residual blocks were scored by re-initialisation gets the
+section "Block sensitivity (SR-init)" and ``figures/block_drops.png`` (:mod:`~pyroprune.diagnostics.blocks`). A
+run of SR-init alone fits no gate posterior: there is no dense Bayesian model, no ``posterior.nc`` and none of
+the gate figures; the report compares the dense network with the pruned one, and each section about the gate
+posterior says that it does not apply.
 """
 
 from __future__ import annotations
@@ -67,8 +74,15 @@ from .approximation import (
     log_importance_ratios,
     pareto_khat,
 )
+from .blocks import BLOCK_FIGURE, BLOCK_LEVEL, block_summary, check_depth_runs, plot_block_drops, split_name
 from .conformal import conformal_report
-from .datatree import build_datatree, posterior_predictive_draws, predictive_probabilities, save_datatree
+from .datatree import (
+    build_datatree,
+    package_version,
+    posterior_predictive_draws,
+    predictive_probabilities,
+    save_datatree,
+)
 from .metrics import accuracy_coverage_curve, compare_predictive, reliability_diagram_data, reliability_summary
 from .run import RunArtifacts
 from .stability import stability_report
@@ -76,7 +90,9 @@ from .stability import stability_report
 __all__ = [
     "ACTIVE_THRESHOLD",
     "ALPHAS",
+    "BLOCK_FIGURE",
     "FIGURES",
+    "GATE_FIGURES",
     "HDI_PROB",
     "SECTIONS",
     "UNCERTAIN_RANGE",
@@ -101,6 +117,8 @@ FIGURES = (
     "accuracy_coverage.png",
     "khat.png",
 )
+#: The figures of :data:`FIGURES` that show the gate posterior (not drawn for SR-init alone, which fits none).
+GATE_FIGURES = ("keep_probability_forest.png", "gate_posteriors.png", "khat.png")
 #: Headings of the sections of ``report.md``, in order.
 SECTIONS = (
     "Setup",
@@ -110,6 +128,7 @@ SECTIONS = (
     "Conformal prediction sets",
     "Variational approximation (PSIS k-hat)",
     "Uncertain pruning decisions",
+    "Block sensitivity (SR-init)",
     "Stability across seeds",
     "Figures",
 )
@@ -121,6 +140,8 @@ _MODEL_LABELS = {
     "pruned_ensemble": "pruned ensemble",
 }
 _STABILITY_NOTE = "stability needs >= 2 seeds (independent runs of the method); only one run was given"
+#: Why the gate-posterior parts of the report are missing from a run of SR-init alone.
+_NO_GATES = "not applicable: SR-init fits no gate posterior"
 
 
 @dataclass
@@ -132,9 +153,12 @@ class Diagnostics:
         :func:`~pyroprune.diagnostics.metrics.reliability_summary`), ``comparison``
         (:func:`~pyroprune.diagnostics.metrics.compare_predictive` of dense Bayesian vs pruned), ``conformal``
         (per predictor, per :math:`\\alpha` as a string), ``structures`` (per site: keep probabilities, HDIs,
-        decisions, uncertain decisions; plus ``total``), ``khat``, ``stability``.
+        decisions, uncertain decisions; plus ``total``), ``khat``, ``stability``; with an SR-init depth stage
+        also ``blocks`` (:func:`~pyroprune.diagnostics.blocks.block_summary`). For SR-init alone (no gate
+        posterior) ``comparison`` is dense network vs pruned (its ``reference`` names the dense model), and
+        ``draws``, ``structures`` and ``khat`` are ``{"available": false, "reason": ...}``.
     :param datatree: the ArviZ :class:`xarray.DataTree` of the dense Bayesian model on the test split (chains =
-        runs).
+        runs); ``None`` for SR-init alone.
     :param arrays: numpy arrays for the figures: ``labels``; ``probs`` (predictor -> ``[N, K]``); ``reliability``
         (predictor -> :func:`~pyroprune.diagnostics.metrics.reliability_diagram_data`); ``accuracy_coverage``
         (predictor -> ``(coverage, accuracy)``); ``active_share`` (site -> ``[chain, draw]`` share of active gates);
@@ -143,7 +167,7 @@ class Diagnostics:
     """
 
     summary: dict[str, Any]
-    datatree: xr.DataTree
+    datatree: xr.DataTree | None
     arrays: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,13 +179,18 @@ MIN_PSIS_DRAWS = 25
 
 
 def _check_runs(runs: Sequence[RunArtifacts]) -> list[RunArtifacts]:
-    """Validate the runs: non-empty, :class:`RunArtifacts`, same gate sites (and plan sites) as run 0."""
+    """Validate the runs: non-empty, :class:`RunArtifacts`, all with or all without a depth stage and a gate
+    posterior, the same residual blocks (:func:`~pyroprune.diagnostics.blocks.check_depth_runs`) and the same
+    gate sites (and plan sites) as run 0."""
     runs = list(runs)
     if not runs:
         raise ValueError("runs is empty: pass at least one RunArtifacts (one per seed)")
     for i, run in enumerate(runs):
         if not isinstance(run, RunArtifacts):
             raise TypeError(f"runs[{i}] is a {type(run).__name__}, not a RunArtifacts")
+    check_depth_runs(runs)
+    if not runs[0].has_gates:  # SR-init alone: the block plans are compared by check_depth_runs
+        return runs
     reference = [(s.name, s.size) for s in runs[0].gated.sites]
     names = [n for n, _ in reference]
     for i, run in enumerate(runs):
@@ -296,11 +325,18 @@ def diagnose(
        with the reason.
     7. With >= 2 runs :func:`~pyroprune.diagnostics.stability.stability_report` of the plans (on the rules'
        scores; on the keep decisions if the scores are not finite); otherwise a note.
+    8. With an SR-init depth stage (``RunArtifacts.depth``), the block sensitivity of the first run
+       (:func:`~pyroprune.diagnostics.blocks.block_summary`: per block in network order the drops, their 95 %
+       interval, the decision, the reason of fixed blocks, with >= 2 runs the share of runs removing it).
+
+    **SR-init alone** (runs without a gate posterior) skips 1, 5 and 6, which need one (recorded as not
+    applicable): the predictors are the dense network and the pruned network(s), 3 compares them, 4 builds
+    their conformal sets, 7 compares the block plans, and 8 is computed.
 
     Every metric is computed on the CPU in float64 from probabilities gathered batch by batch, so the networks
     may live on any device.
 
-    :param runs: the fitted runs, one per seed, with the same gate sites.
+    :param runs: the fitted runs, one per seed, with the same gate sites (and residual blocks).
     :param data: the data splits (``train`` for k-hat, ``val`` for conformal calibration, ``test`` for the rest).
     :param num_draws: posterior draws per run for the predictive quantities.
     :param khat_draws: draws of :math:`q` for the PSIS k-hat (>= 25; a few hundred for a stable fit).
@@ -308,14 +344,16 @@ def diagnose(
     :param seed: base seed of every random quantity.
     :param n_bins: bins of the ECEs and the reliability diagram.
     :returns: the :class:`Diagnostics`.
-    :raises ValueError: for empty ``runs``, runs with different gate sites (naming the run and site), or invalid
-        counts.
+    :raises ValueError: for empty ``runs``, runs with different gate sites (naming the run and site), runs mixing
+        SR-init and other methods or with different residual blocks (naming the run), or invalid counts.
     """
     runs = _check_runs(runs)
     _check_positive("num_draws", num_draws)
     _check_positive("khat_draws", khat_draws, MIN_PSIS_DRAWS)
     _check_positive("batch_size", batch_size)
     _check_positive("n_bins", n_bins)
+    if not runs[0].has_gates:
+        return _diagnose_without_gates(runs, data, batch_size=batch_size, seed=seed, n_bins=n_bins)
     first = runs[0]
     sites = first.gated.sites
     # A posterior of particles (SVGD) stores K draws: use them all, not more.
@@ -344,48 +382,16 @@ def diagnose(
     val_probs = {"dense_bayesian": _bayes_probs(runs, data.val, num_draws, batch_size, seed)}
 
     # 2. pruned model(s) and the dense network
-    test_probs["pruned"] = _network_probs(first.pruned, data.test, batch_size)
-    val_probs["pruned"] = _network_probs(first.pruned, data.val, batch_size)
-    if len(runs) > 1:
-        test_probs["pruned_ensemble"] = torch.stack(
-            [test_probs["pruned"]] + [_network_probs(r.pruned, data.test, batch_size) for r in runs[1:]]
-        ).mean(0)
-    if first.dense is not None:
-        test_probs["dense_network"] = _network_probs(first.dense, data.test, batch_size)
-    order = [m for m in ("dense_network", "dense_bayesian", "pruned", "pruned_ensemble") if m in test_probs]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "misclassification AUROC is undefined", RuntimeWarning)
-        models = {
-            m: reliability_summary(test_probs[m], labels, draw_probs if m == "dense_bayesian" else None, n_bins=n_bins)
-            for m in order
-        }
+    _network_predictors(runs, data, batch_size, test_probs, val_probs, dense_val=False)
+    models = _model_summaries(test_probs, labels, n_bins, draw_probs)
 
     # 3. dense Bayesian vs pruned, 4. conformal sets
     comparison = compare_predictive(test_probs["dense_bayesian"], test_probs["pruned"], labels, seed=seed)
-    conformal = {
-        m: {
-            _alpha_key(a): v
-            for a, v in conformal_report(
-                val_probs[m], val_labels, test_probs[m], labels, alphas=ALPHAS, method="aps", seed=seed
-            ).items()
-        }
-        for m in ("dense_bayesian", "pruned")
-    }
+    comparison["reference"] = "dense_bayesian"
+    conformal = _conformal(("dense_bayesian", "pruned"), val_probs, val_labels, test_probs, labels, seed)
 
     # 5. per structure, 7. stability
-    plans = [r.plan for r in runs]
-    stability: dict[str, Any]
-    if len(runs) > 1:
-        try:
-            stability = stability_report(plans)
-            stability["scores_used"] = True
-        except ValueError as e:  # non-finite scores: compare the decisions only
-            stability = stability_report(plans, scores=False)
-            stability["scores_used"] = False
-            stability["note"] = f"rule scores not comparable ({e}); variance share computed on keep decisions"
-        stability["available"] = True
-    else:
-        stability = {"available": False, "note": _STABILITY_NOTE}
+    stability = _stability([r.plan for r in runs])
     structures, struct_arrays = _structures(dt, runs, stability)
 
     # 6. PSIS k-hat
@@ -395,17 +401,9 @@ def diagnose(
         f"seed {r.seed}": {name: int((~m).sum()) for name, m in r.gated.masks.items() if int((~m).sum())} for r in runs
     }
     setup = {
-        "method": first.method,
-        "methods": sorted({r.method for r in runs}),
-        "seeds": [int(r.seed) for r in runs],
-        "num_runs": len(runs),
-        "data_set": data.name,
-        "num_classes": int(data.num_classes),
-        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        **_base_setup(runs, data, seed, n_bins),
         "num_draws_per_run": int(num_draws),
         "khat_draws": int(khat_draws),
-        "seed": int(seed),
-        "n_bins": int(n_bins),
         "guide": dt.attrs.get("guide_name", ""),
         "prior": dt.attrs.get("prior", ""),
         "gate_sites": [{"name": s.name, "size": s.size, "kind": s.kind} for s in sites],
@@ -416,19 +414,161 @@ def diagnose(
         "versions": {k: dt.attrs.get(k, "") for k in ("pyroprune_version", "torch_version", "arviz_version")},
     }
     khat["approximate_loo"] = _approximate_loo(dt, runs, data.train, batch_size)
-    summary = _finite(
-        {
-            "setup": setup,
-            "models": models,
-            "comparison": comparison,
-            "draws": draws,
-            "conformal": conformal,
-            "structures": structures,
-            "khat": khat,
-            "stability": stability,
+    summary = {
+        "setup": setup,
+        "models": models,
+        "comparison": comparison,
+        "draws": draws,
+        "conformal": conformal,
+        "structures": structures,
+        "khat": khat,
+        "stability": stability,
+    }
+    if first.depth is not None:  # SR-init before the width method
+        summary["blocks"] = block_summary(runs, BLOCK_LEVEL, UNCERTAIN_RANGE)
+    arrays = {**_figure_arrays(labels, test_probs, n_bins), "log_weights": log_weights, **struct_arrays}
+    return Diagnostics(_finite(summary), dt, arrays)
+
+
+def _diagnose_without_gates(
+    runs: list[RunArtifacts], data: DataSplits, *, batch_size: int, seed: int, n_bins: int
+) -> Diagnostics:
+    """:func:`diagnose` for runs of SR-init alone: no gate posterior, so no dense Bayesian model, draws, keep
+    probabilities or k-hat (each recorded as not applicable). The dense network is compared with the pruned one,
+    conformal sets are built for both, the block plans' stability is computed with >= 2 runs, and the block
+    sensitivity is summarised."""
+    labels = data.test.y.detach().cpu().long()
+    val_labels = data.val.y.detach().cpu().long()
+    test_probs: dict[str, torch.Tensor] = {}
+    val_probs: dict[str, torch.Tensor] = {}
+    _network_predictors(runs, data, batch_size, test_probs, val_probs, dense_val=True)
+    models = _model_summaries(test_probs, labels, n_bins)
+    if "dense_network" in test_probs:
+        comparison = compare_predictive(test_probs["dense_network"], test_probs["pruned"], labels, seed=seed)
+        comparison["reference"] = "dense_network"
+    else:
+        comparison = {"available": False, "reason": "no dense network was given (RunArtifacts.dense)"}
+    conformal_models = [m for m in ("dense_network", "pruned") if m in val_probs]
+    conformal = _conformal(conformal_models, val_probs, val_labels, test_probs, labels, seed)
+    not_applicable = {"available": False, "reason": _NO_GATES}
+    setup = {
+        **_base_setup(runs, data, seed, n_bins),
+        "kept": {f"seed {r.seed}": r.plan.kept_string() for r in runs},
+        "versions": {
+            "pyroprune_version": package_version("pyroprune"),
+            "torch_version": str(torch.__version__),
+            "arviz_version": package_version("arviz"),
+        },
+    }
+    summary = {
+        "setup": setup,
+        "models": models,
+        "comparison": comparison,
+        "draws": dict(not_applicable),
+        "conformal": conformal,
+        "structures": dict(not_applicable),
+        "khat": {**not_applicable, "approximate_loo": dict(not_applicable)},
+        "stability": _stability([r.plan for r in runs]),
+        "blocks": block_summary(runs, BLOCK_LEVEL, UNCERTAIN_RANGE),
+    }
+    return Diagnostics(_finite(summary), None, _figure_arrays(labels, test_probs, n_bins))
+
+
+def _base_setup(runs: Sequence[RunArtifacts], data: DataSplits, seed: int, n_bins: int) -> dict[str, Any]:
+    """The setup entries every report has, with or without a gate posterior."""
+    first = runs[0]
+    return {
+        "method": first.method,
+        "methods": sorted({r.method for r in runs}),
+        "seeds": [int(r.seed) for r in runs],
+        "num_runs": len(runs),
+        "data_set": data.name,
+        "num_classes": int(data.num_classes),
+        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "seed": int(seed),
+        "n_bins": int(n_bins),
+        "has_gates": first.has_gates,
+        "depth": first.depth is not None,
+    }
+
+
+def _network_predictors(
+    runs: Sequence[RunArtifacts],
+    data: DataSplits,
+    batch_size: int,
+    test_probs: dict[str, torch.Tensor],
+    val_probs: dict[str, torch.Tensor],
+    dense_val: bool,
+) -> None:
+    """Add the plain networks' probabilities to ``test_probs`` / ``val_probs``: the first run's pruned network
+    (test and validation), with >= 2 runs the pruned ensemble (test), the dense network if given (test, and
+    validation when ``dense_val``, for its conformal sets)."""
+    first = runs[0]
+    test_probs["pruned"] = _network_probs(first.pruned, data.test, batch_size)
+    val_probs["pruned"] = _network_probs(first.pruned, data.val, batch_size)
+    if len(runs) > 1:
+        test_probs["pruned_ensemble"] = torch.stack(
+            [test_probs["pruned"]] + [_network_probs(r.pruned, data.test, batch_size) for r in runs[1:]]
+        ).mean(0)
+    if first.dense is not None:
+        test_probs["dense_network"] = _network_probs(first.dense, data.test, batch_size)
+        if dense_val:
+            val_probs["dense_network"] = _network_probs(first.dense, data.val, batch_size)
+
+
+def _model_summaries(
+    test_probs: dict[str, torch.Tensor], labels: torch.Tensor, n_bins: int, draw_probs: torch.Tensor | None = None
+) -> dict[str, dict]:
+    """:func:`~pyroprune.diagnostics.metrics.reliability_summary` of each predictor, in the report's order (the
+    per-draw probabilities go with the dense Bayesian model only)."""
+    order = [m for m in _MODEL_LABELS if m in test_probs]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "misclassification AUROC is undefined", RuntimeWarning)
+        return {
+            m: reliability_summary(test_probs[m], labels, draw_probs if m == "dense_bayesian" else None, n_bins=n_bins)
+            for m in order
         }
-    )
-    arrays: dict[str, Any] = {
+
+
+def _conformal(
+    models: Sequence[str],
+    val_probs: dict[str, torch.Tensor],
+    val_labels: torch.Tensor,
+    test_probs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    seed: int,
+) -> dict[str, dict]:
+    """APS conformal sets of each of ``models``, calibrated on its validation probabilities, per :data:`ALPHAS`."""
+    return {
+        m: {
+            _alpha_key(a): v
+            for a, v in conformal_report(
+                val_probs[m], val_labels, test_probs[m], labels, alphas=ALPHAS, method="aps", seed=seed
+            ).items()
+        }
+        for m in models
+    }
+
+
+def _stability(plans: Sequence) -> dict[str, Any]:
+    """:func:`~pyroprune.diagnostics.stability.stability_report` of >= 2 plans (on the rules' scores; on the keep
+    decisions if the scores are not finite), else a note."""
+    if len(plans) < 2:
+        return {"available": False, "note": _STABILITY_NOTE}
+    try:
+        stability = stability_report(plans)
+        stability["scores_used"] = True
+    except ValueError as e:  # non-finite scores: compare the decisions only
+        stability = stability_report(plans, scores=False)
+        stability["scores_used"] = False
+        stability["note"] = f"rule scores not comparable ({e}); variance share computed on keep decisions"
+    stability["available"] = True
+    return stability
+
+
+def _figure_arrays(labels: torch.Tensor, test_probs: dict[str, torch.Tensor], n_bins: int) -> dict[str, Any]:
+    """The arrays behind the reliability diagram and the accuracy-coverage curves."""
+    return {
         "labels": labels.numpy(),
         "probs": {m: p.numpy() for m, p in test_probs.items()},
         "reliability": {
@@ -438,10 +578,7 @@ def diagnose(
         "accuracy_coverage": {
             m: tuple(t.numpy() for t in accuracy_coverage_curve(p, labels)) for m, p in test_probs.items()
         },
-        "log_weights": log_weights,
-        **struct_arrays,
     }
-    return Diagnostics(summary, dt, arrays)
 
 
 def _draw_accuracy(draw_probs: torch.Tensor, labels: torch.Tensor, seed: int, num_boot: int = 1000) -> dict:
@@ -624,8 +761,16 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _compared_models(d: Diagnostics) -> list[str]:
+    """The two predictors of the figures: the dense reference (dense Bayesian, else the dense network) and the
+    pruned network."""
+    probs = d.arrays["probs"]
+    reference = next((m for m in ("dense_bayesian", "dense_network") if m in probs), None)
+    return [m for m in (reference, "pruned") if m is not None]
+
+
 def _reliability_figure(d: Diagnostics) -> bytes:
-    models = [m for m in ("dense_bayesian", "pruned") if m in d.arrays["reliability"]]
+    models = _compared_models(d)
     fig = _new_figure(7.0, 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], ls="--", color="black", lw=1, label="perfect calibration")
@@ -662,7 +807,7 @@ def _reliability_figure(d: Diagnostics) -> bytes:
 def _accuracy_coverage_figure(d: Diagnostics) -> bytes:
     fig = _new_figure(7.0, 4.8)
     ax = fig.subplots()
-    for m in ("dense_bayesian", "pruned"):
+    for m in _compared_models(d):
         cov, acc = d.arrays["accuracy_coverage"][m]
         area = d.summary["models"][m]["area_under_accuracy_coverage"]
         ax.plot(cov, acc, color=_COLORS[m], lw=2, label=f"{_MODEL_LABELS[m]} (area {_fmt(area, 4)})")
@@ -756,9 +901,21 @@ def _khat_figure(d: Diagnostics) -> bytes:
     if log_w is None or not kh.get("available"):
         # wrapped by hand: matplotlib's wrap=True collapses constrained-layout axes for long reasons
         reason = textwrap.fill(str(kh.get("reason", "")), 70)
-        top.text(0.5, 0.5, f"k-hat unavailable:\n{reason}", ha="center", va="center", fontsize="small")
+        # in axes coordinates: the empty axes' data limits are not [0, 1], and a text placed outside them in
+        # data coordinates makes the constrained layout collapse the axes
+        top.text(
+            0.5,
+            0.5,
+            f"k-hat unavailable:\n{reason}",
+            transform=top.transAxes,
+            ha="center",
+            va="center",
+            fontsize="small",
+        )
         top.plot([], [], label="no importance weights")
-        top.set(xlabel="rank of the weight (largest first)", ylabel="normalised importance weight")
+        top.set(
+            xlabel="rank of the weight (largest first)", ylabel="normalised importance weight", xticks=[], yticks=[]
+        )
         top.legend()
     else:
         finite = log_w[np.isfinite(log_w)]
@@ -802,14 +959,36 @@ def _khat_figure(d: Diagnostics) -> bytes:
     return _png(fig)
 
 
+def _block_figure(d: Diagnostics) -> bytes:
+    blocks = d.summary["blocks"]
+    fig = _new_figure(max(7.0, 2.0 + 0.5 * len(blocks["rows"])), 5.6)
+    plot_block_drops(fig.subplots(), blocks)
+    return _png(fig)
+
+
+_FIGURE_FUNCTIONS = {
+    "reliability_diagram.png": _reliability_figure,
+    "keep_probability_forest.png": _forest_figure,
+    "gate_posteriors.png": _gate_figure,
+    "accuracy_coverage.png": _accuracy_coverage_figure,
+    "khat.png": _khat_figure,
+    BLOCK_FIGURE: _block_figure,
+}
+
+
+def _has_gates(d: Diagnostics) -> bool:
+    return d.summary["setup"].get("has_gates", True)  # summaries from before SR-init all had gates
+
+
+def _figure_names(d: Diagnostics) -> list[str]:
+    """The figures of this report: :data:`FIGURES` (less :data:`GATE_FIGURES` without a gate posterior), then
+    :data:`BLOCK_FIGURE` with a depth stage."""
+    names = [n for n in FIGURES if _has_gates(d) or n not in GATE_FIGURES]
+    return names + ([BLOCK_FIGURE] if "blocks" in d.summary else [])
+
+
 def _render_figures(d: Diagnostics) -> dict[str, bytes]:
-    return {
-        "reliability_diagram.png": _reliability_figure(d),
-        "keep_probability_forest.png": _forest_figure(d),
-        "gate_posteriors.png": _gate_figure(d),
-        "accuracy_coverage.png": _accuracy_coverage_figure(d),
-        "khat.png": _khat_figure(d),
-    }
+    return {name: _FIGURE_FUNCTIONS[name](d) for name in _figure_names(d)}
 
 
 # -- report.md -------------------------------------------------------------------------------------------------
@@ -836,17 +1015,54 @@ _TABLE_ROWS = (
 )
 
 
-def _markdown(d: Diagnostics, max_uncertain: int) -> str:
+def _not_applicable(heading: str) -> list[str]:
+    return [f"## {heading}", "", f"Not applicable: SR-init fits no gate posterior ({_NO_GATES_WHY[heading]}).", ""]
+
+
+#: What each gate-posterior section would have shown, for its "not applicable" line in a report of SR-init alone.
+_NO_GATES_WHY = {
+    "Accuracy across posterior draws": "there are no posterior draws of gates to evaluate",
+    "Variational approximation (PSIS k-hat)": "no variational distribution q, so no PSIS k̂ and no approximate LOO",
+    "Uncertain pruning decisions": (
+        "no keep probabilities; the uncertainty of the block decisions is in the section Block sensitivity (SR-init)"
+    ),
+}
+
+
+def _md_setup(d: Diagnostics) -> list[str]:
     s = d.summary
     setup = s["setup"]
-    lines = [f"# Reliability report: {setup['method']}", ""]
-    lines += [f"## {SECTIONS[0]}", ""]
     sizes = setup["sizes"]
+    lines = [f"## {_SETUP}", ""]
+    if _has_gates(d):
+        lines.append(f"- Method: `{setup['method']}`; guide `{setup['guide']}`; prior `{setup['prior']}`")
+    else:
+        lines.append(
+            f"- Method: `{setup['method']}` (SR-init: depth pruning by re-initialising residual blocks; no gate "
+            "posterior, so no dense Bayesian model and no `posterior.nc`)"
+        )
     lines += [
-        f"- Method: `{setup['method']}`; guide `{setup['guide']}`; prior `{setup['prior']}`",
-        f"- Seeds (runs = ArviZ chains): {', '.join(str(x) for x in setup['seeds'])}",
+        f"- Seeds{' (runs = ArviZ chains)' if _has_gates(d) else ''}: {', '.join(str(x) for x in setup['seeds'])}",
         f"- Data set: `{setup['data_set']}` ({setup['num_classes']} classes); train {sizes['train']}, "
         f"validation {sizes['val']}, test {sizes['test']} examples",
+    ]
+    if "blocks" in s:
+        b = s["blocks"]
+        t = b["totals"]
+        where = "before the width method, which then pruned the shallower network" if _has_gates(d) else "alone"
+        lines.append(
+            f"- Depth stage (SR-init, {where}): {t['blocks']} residual blocks, {t['removable']} removable, "
+            f"{t['fixed']} fixed; removed per run: "
+            + "; ".join(f"{k}: " + (", ".join(f"`{p}`" for p in v) or "none") for k, v in b["removed_per_run"].items())
+        )
+    if not _has_gates(d):
+        lines += [
+            "- Blocks kept per stage: " + "; ".join(f"{k}: {v}" for k, v in setup["kept"].items()),
+            f"- Base seed {setup['seed']}",
+            "",
+        ]
+        return lines
+    lines += [
         "- Gate sites: " + ", ".join(f"`{g['name']}` ({g['size']} {g['kind']}s)" for g in setup["gate_sites"]),
         "- Kept structures per layer: " + "; ".join(f"{k}: {v}" for k, v in setup["kept"].items()),
         f"- Posterior draws: {setup['num_draws_per_run']} per run; PSIS draws: {setup['khat_draws']}; "
@@ -864,27 +1080,46 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
             + "; ".join(f"{k}: " + ", ".join(f"`{n}` {c}" for n, c in v.items()) for k, v in masked.items())
         )
     lines.append("")
+    return lines
 
+
+def _md_performance(d: Diagnostics) -> list[str]:
+    s = d.summary
     models = list(s["models"])
-    lines += [f"## {SECTIONS[1]}", ""]
-    lines.append(f"Test split, {sizes['test']} examples; ↑ higher is better, ↓ lower is better.")
+    lines = [f"## {_PERFORMANCE}", ""]
+    lines.append(f"Test split, {s['setup']['sizes']['test']} examples; ↑ higher is better, ↓ lower is better.")
     lines.append("")
     lines.append("| Metric | " + " | ".join(_MODEL_LABELS[m] for m in models) + " |")
     lines.append("|---|" + "---:|" * len(models))
     for key, label in _TABLE_ROWS:
         lines.append(f"| {label} | " + " | ".join(_fmt(s["models"][m].get(key)) for m in models) + " |")
-    lines += [
-        "",
-        "Dense Bayesian: mean of the class probabilities over every posterior draw of every run. Pruned: the "
-        "first run's pruned, fine-tuned network"
-        + (" (pruned ensemble: mean over the runs' pruned networks)." if "pruned_ensemble" in models else "."),
-        "",
-    ]
+    ensemble = " (pruned ensemble: mean over the runs' pruned networks)." if "pruned_ensemble" in models else "."
+    if _has_gates(d):
+        lines += [
+            "",
+            "Dense Bayesian: mean of the class probabilities over every posterior draw of every run. Pruned: the "
+            "first run's pruned, fine-tuned network" + ensemble,
+            "",
+        ]
+    else:
+        lines += [
+            "",
+            "Dense network: the trained network before SR-init removed blocks. Pruned: the first run's shallower, "
+            "fine-tuned network" + ensemble + " There is no dense Bayesian model: SR-init fits no gate posterior.",
+            "",
+        ]
+    return lines
 
+
+def _md_draws(d: Diagnostics) -> list[str]:
+    s = d.summary
+    if not _has_gates(d):
+        return _not_applicable(_DRAWS)
     dr = s["draws"]
-    lines += [f"## {SECTIONS[2]}", ""]
-    what = "particle (sub-network)" if setup.get("particles") else "posterior draw"
-    lines += [
+    what = "particle (sub-network)" if s["setup"].get("particles") else "posterior draw"
+    return [
+        f"## {_DRAWS}",
+        "",
         f"Test accuracy of each {what} of the gates, {dr['num_draws']} in all (every run), the dense Bayesian "
         "model being their average.",
         "",
@@ -900,35 +1135,51 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
         "",
     ]
 
-    c = s["comparison"]
-    lines += [f"## {SECTIONS[3]}", ""]
+
+def _md_comparison(d: Diagnostics) -> list[str]:
+    c = d.summary["comparison"]
+    lines = [f"## {_COMPARISON}", ""]
+    if not _has_gates(d):
+        na = "Not applicable: SR-init fits no gate posterior, so there is no dense Bayesian model."
+        if not c.get("available", True):
+            return lines + [f"{na} Dense network vs pruned is not computed either: {c['reason']}.", ""]
+        lines += [f"{na} The table compares the dense network (before block removal) with the pruned one instead.", ""]
+    reference = _MODEL_LABELS[c.get("reference", "dense_bayesian")]
     lines += [
         "| Quantity | Value |",
         "|---|---:|",
         f"| Agreement of the predicted classes | {_fmt(c['agreement'])} |",
-        f"| Mean KL(dense Bayesian ‖ pruned) (nats) | {_fmt(c['mean_kl'])} |",
+        f"| Mean KL({reference} ‖ pruned) (nats) | {_fmt(c['mean_kl'])} |",
         f"| Mean Jensen–Shannon divergence (nats) | {_fmt(c['mean_js'])} |",
-        f"| Accuracy difference, pruned − dense Bayesian | {_fmt(c['accuracy_difference'])} "
+        f"| Accuracy difference, pruned − {reference} | {_fmt(c['accuracy_difference'])} "
         f"(95 % bootstrap interval [{_fmt(c['accuracy_difference_low'])}, {_fmt(c['accuracy_difference_high'])}]) |",
         "",
     ]
+    return lines
 
-    lines += [f"## {SECTIONS[4]}", ""]
+
+def _md_conformal(d: Diagnostics) -> list[str]:
+    lines = [f"## {_CONFORMAL}", ""]
     lines.append(
         "Split-conformal APS sets, calibrated on the validation split with each model's own probabilities, "
         "evaluated on the test split."
     )
     lines += ["", "| Model | Target coverage | Coverage | Mean set size |", "|---|---:|---:|---:|"]
-    for m, per_alpha in s["conformal"].items():
+    for m, per_alpha in d.summary["conformal"].items():
         for v in per_alpha.values():
             lines.append(
                 f"| {_MODEL_LABELS[m]} | {_fmt(v['target_coverage'], 2)} | {_fmt(v['coverage'])} | "
                 f"{_fmt(v['mean_set_size'], 3)} |"
             )
     lines.append("")
+    return lines
 
-    kh = s["khat"]
-    lines += [f"## {SECTIONS[5]}", ""]
+
+def _md_khat(d: Diagnostics) -> list[str]:
+    if not _has_gates(d):
+        return _not_applicable(_KHAT)
+    kh = d.summary["khat"]
+    lines = [f"## {_KHAT}", ""]
     if kh.get("available"):
         k = kh["khat"]
         lines += [
@@ -954,9 +1205,14 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
     else:
         lines.append(f"k̂ could not be computed: {kh.get('reason', '')}")
     lines.append("")
+    return lines
 
-    st = s["structures"]
-    lines += [f"## {SECTIONS[6]}", ""]
+
+def _md_uncertain(d: Diagnostics, max_uncertain: int) -> list[str]:
+    if not _has_gates(d):
+        return _not_applicable(_UNCERTAIN)
+    st = d.summary["structures"]
+    lines = [f"## {_UNCERTAIN}", ""]
     lo, hi = st["uncertain_range"]
     total = st["total"]
     lines += [
@@ -985,14 +1241,93 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
     if total["num_uncertain"] > shown:
         lines.append(f"- ... {total['num_uncertain'] - shown} more (all listed in `diagnostics.json`)")
     lines.append("")
+    return lines
 
-    stab = s["stability"]
-    lines += [f"## {SECTIONS[7]}", ""]
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a '|' in a reason would split the table cell
+
+
+def _md_blocks(d: Diagnostics) -> list[str]:
+    lines = [f"## {_BLOCKS}", ""]
+    if "blocks" not in d.summary:
+        return lines + ["Not applicable: the runs have no SR-init depth stage (no residual block was removed).", ""]
+    b = d.summary["blocks"]
+    setup, totals, rows = b["setup"], b["totals"], b["rows"]
+    rule = setup["rule"]
+    tau = rule.get("tau")
+    level = int(round(100 * setup["interval_level"]))
+    boot = "a Bayesian bootstrap (Dirichlet weights" if setup["bootstrap"] == "bayesian" else "a bootstrap (resampling"
+    split = split_name(setup["split"])
+    lines += [
+        f"Each removable residual block of the first run (seed {setup['run_seed']}) was re-initialised "
+        f"{setup['num_seeds']} times (`{setup['init']}` initialisation, one seed each) and the accuracy drop measured "
+        f"on the {split} split ({setup['num_examples']} examples; never the test split). Baseline {split} "
+        f"accuracy of the trained network: {_fmt(setup['baseline_accuracy'])}. Drops are in percentage points "
+        f"(pp); the {level} % interval is the central {level} % of {setup['num_draws']} draws of the block's "
+        f"expected drop from {boot} on the examples and on the re-initialisations).",
+        "",
+    ]
+    if tau is not None:
+        lines.append(f"Rule: remove a block iff P(Δ ≤ τ) ≥ {rule['prob']:g}, with τ = {tau:g} pp.")
+    else:
+        key, value = next(iter(rule.items()))
+        what = "parameters" if key == "params_reduction" else "multiply-accumulates"
+        lines.append(
+            f"Rule: budget `{key}` = {value:g}: the least sensitive blocks (smallest mean drop) removed until at "
+            f"least {_fmt(100 * value, 1)} % of the network's {what} are gone."
+        )
+    pct = {k: _fmt(100 * v, 1) if v is not None else "n/a" for k, v in totals.items() if k.endswith("_fraction")}
+    lines += [
+        "",
+        f"**Removed {totals['removed']} of {totals['removable']} removable blocks** ({totals['fixed']} fixed): "
+        f"{totals['removed_params']} parameters ({pct['removed_params_fraction']} % of the network), "
+        f"{totals['removed_macs']} MACs per example ({pct['removed_macs_fraction']} %).",
+        "",
+    ]
+    several = b["num_runs"] > 1
+    header = ["Block", "Stage", "Params", "MACs", "Mean drop (pp)", "SD over seeds (pp)", f"{level} % interval (pp)"]
+    header += ["P(Δ ≤ τ)"] if tau is not None else []
+    header += ["Decision (first run)"] + (["Share of runs removing it"] if several else [])
+    align = "|---|---|" + "---:|" * (len(header) - 3 - several) + "---|" + "---:|" * several
+    lines += ["| " + " | ".join(header) + " |", align]
+    for r in rows:
+        cells = [f"`{r['block']}`", f"`{r['stage']}`" if r["stage"] else "(root)", str(r["params"]), str(r["macs"])]
+        if r["decision"] == "fixed":
+            cells += ["—", "—", "—"] + (["—"] if tau is not None else [])
+            cells.append(_md_cell(f"fixed: {r['reason']}"))
+        else:
+            cells += [_fmt(r["mean"], 2), _fmt(r["sd"], 2), f"[{_fmt(r['low'], 2)}, {_fmt(r['high'], 2)}]"]
+            cells += [_fmt(r["p_below"], 3)] if tau is not None else []
+            cells.append(r["decision"] + (" (uncertain)" if r.get("uncertain") else ""))
+        if several:
+            cells.append(_fmt(r["run_removed_share"], 2) if r["decision"] != "fixed" else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if tau is not None:
+        lo, hi = setup["uncertain_range"]
+        lines += [
+            f"{totals['uncertain']} block decision(s) marked uncertain: P(Δ ≤ τ) in [{lo}, {hi}], the posterior "
+            "does not settle on which side of τ the expected drop lies.",
+            "",
+        ]
+    lines += [
+        "Fixed blocks are never candidates: their shortcut changes the shape (stride or projection), so they cannot "
+        "become the identity.",
+        "",
+    ]
+    return lines
+
+
+def _md_stability(d: Diagnostics) -> list[str]:
+    stab = d.summary["stability"]
+    lines = [f"## {_STABILITY}", ""]
     if stab.get("available"):
         t = stab["total"]
+        what = "blocks" if not _has_gates(d) else "structures"
         lines += [
             f"{stab['num_runs']} runs. Mean Jaccard index of the kept sets: {_fmt(t['jaccard_mean'], 3)}; "
-            f"{t['num_flipping']} of {t['structures']} structures flip between seeds "
+            f"{t['num_flipping']} of {t['structures']} {what} flip between seeds "
             f"({_fmt(100 * t['flip_fraction'], 1)} %).",
             "",
             "| Site | Kept per run | Jaccard mean | Jaccard min | Flipping | Between-run variance share |",
@@ -1007,24 +1342,80 @@ def _markdown(d: Diagnostics, max_uncertain: int) -> str:
             lines += ["", stab["note"]]
     else:
         lines.append(f"Not computed: {stab['note']}.")
-    lines += [
-        "",
-        "The posterior draws are independent samples of a variational distribution, not Markov chains, and the "
-        "chains are independent fits with different seeds; R-hat and MCMC effective sample sizes would be "
-        "meaningless and are not shown.",
-        "",
-    ]
+    if _has_gates(d):
+        lines += [
+            "",
+            "The posterior draws are independent samples of a variational distribution, not Markov chains, and "
+            "the chains are independent fits with different seeds; R-hat and MCMC effective sample sizes would "
+            "be meaningless and are not shown.",
+        ]
+    else:
+        lines += [
+            "",
+            "The sites are the stages holding the blocks, the structures the removable blocks; the variance share "
+            "is computed on the blocks' mean drops.",
+        ]
+    lines.append("")
+    return lines
 
-    captions = {
-        "reliability_diagram.png": "Reliability diagram: accuracy vs confidence per bin, with bin counts.",
-        "keep_probability_forest.png": "Per-layer share of active gates (θ > 2⁻⁸) per posterior draw, per seed.",
-        "gate_posteriors.png": "Posterior draws of log₁₀ θ per layer, kept vs pruned structures.",
-        "accuracy_coverage.png": "Accuracy vs coverage when abstaining on the least confident examples.",
-        "khat.png": "Sorted normalised importance weights and the PSIS k̂.",
+
+_CAPTIONS = {
+    "reliability_diagram.png": "Reliability diagram: accuracy vs confidence per bin, with bin counts.",
+    "keep_probability_forest.png": "Per-layer share of active gates (θ > 2⁻⁸) per posterior draw, per seed.",
+    "gate_posteriors.png": "Posterior draws of log₁₀ θ per layer, kept vs pruned structures.",
+    "accuracy_coverage.png": "Accuracy vs coverage when abstaining on the least confident examples.",
+    "khat.png": "Sorted normalised importance weights and the PSIS k̂.",
+    BLOCK_FIGURE: (
+        "SR-init block sensitivity: accuracy drop per residual block in network order (mean, 95 % interval, "
+        "per-seed drops), removed vs kept, fixed blocks greyed."
+    ),
+}
+
+
+def _md_figures(d: Diagnostics) -> list[str]:
+    lines = [f"## {_FIGURES}", ""]
+    drawn = _figure_names(d)
+    for name in drawn:
+        lines += [f"![{_CAPTIONS[name]}](figures/{name})", "", f"*{_CAPTIONS[name]}*", ""]
+    missing = [n for n in FIGURES if n not in drawn]
+    if missing:
+        lines += [
+            f"Not drawn ({_NO_GATES}): " + ", ".join(f"`{n}` ({_CAPTIONS[n].rstrip('.')})" for n in missing) + ".",
+            "",
+        ]
+    return lines
+
+
+(
+    _SETUP,
+    _PERFORMANCE,
+    _DRAWS,
+    _COMPARISON,
+    _CONFORMAL,
+    _KHAT,
+    _UNCERTAIN,
+    _BLOCKS,
+    _STABILITY,
+    _FIGURES,
+) = SECTIONS
+
+
+def _markdown(d: Diagnostics, max_uncertain: int) -> str:
+    lines = [f"# Reliability report: {d.summary['setup']['method']}", ""]
+    sections = {
+        _SETUP: _md_setup,
+        _PERFORMANCE: _md_performance,
+        _DRAWS: _md_draws,
+        _COMPARISON: _md_comparison,
+        _CONFORMAL: _md_conformal,
+        _KHAT: _md_khat,
+        _UNCERTAIN: lambda d: _md_uncertain(d, max_uncertain),
+        _BLOCKS: _md_blocks,
+        _STABILITY: _md_stability,
+        _FIGURES: _md_figures,
     }
-    lines += [f"## {SECTIONS[8]}", ""]
-    for name in FIGURES:
-        lines += [f"![{captions[name]}](figures/{name})", "", f"*{captions[name]}*", ""]
+    for heading in SECTIONS:
+        lines += sections[heading](d)
     return "\n".join(lines)
 
 
@@ -1057,7 +1448,8 @@ def write_report(
     :param max_uncertain: at most this many uncertain decisions are listed in ``report.md`` (all are in the JSON).
     :returns: the written files, relative name (``"report.md"``, ``"figures/khat.png"``...) -> path.
     :raises FileExistsError: naming the first existing file, if not ``force`` (nothing is written).
-    :raises ValueError: for empty runs or runs with different gate sites, or runs without ``data``.
+    :raises ValueError: for empty runs, runs with different gate sites or residual blocks, runs mixing SR-init
+        and other methods, or runs without ``data``.
     """
     if isinstance(diagnostics_or_runs, Diagnostics):
         diagnostics = diagnostics_or_runs
@@ -1068,8 +1460,10 @@ def write_report(
             diagnostics_or_runs, data, num_draws=num_draws, khat_draws=khat_draws, batch_size=batch_size, seed=seed
         )
     out = Path(out_dir)
-    targets = {name: out / name for name in ("report.md", "diagnostics.json", "posterior.nc")}
-    targets.update({f"figures/{name}": out / "figures" / name for name in FIGURES})
+    # SR-init alone has no gate posterior: no posterior.nc and no gate figures
+    files = ("report.md", "diagnostics.json") + (("posterior.nc",) if diagnostics.datatree is not None else ())
+    targets = {name: out / name for name in files}
+    targets.update({f"figures/{name}": out / "figures" / name for name in _figure_names(diagnostics)})
     if not force:
         for path in targets.values():
             if path.exists():
@@ -1080,7 +1474,8 @@ def write_report(
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, png in figures.items():
         write_atomic(targets[f"figures/{name}"], png)
-    save_datatree(diagnostics.datatree, targets["posterior.nc"], force=force)
+    if diagnostics.datatree is not None:
+        save_datatree(diagnostics.datatree, targets["posterior.nc"], force=force)
     atomic_write_text(targets["diagnostics.json"], summary_json + "\n")
     atomic_write_text(targets["report.md"], text)
     return targets

@@ -26,13 +26,22 @@ class RunArtifacts:
     :param dense: the deterministic dense network before gating, if available.
     :param method: the decision rule's name.
     :param seed: the run's seed.
+    :param depth: the SR-init depth stage (:class:`~pyroprune.infer.srinit.DepthStage`: block sensitivity and
+        block plan) of an SR-init or combined depth + width run, else ``None``. A pure SR-init run has no gates:
+        ``gated``, ``guide`` and ``posterior`` are ``None`` and ``plan`` is the block plan.
     """
 
-    gated: GatedNet
-    guide: nn.Module
-    posterior: GatePosterior
+    gated: GatedNet | None
+    guide: nn.Module | None
+    posterior: GatePosterior | None
     plan: PruningPlan
     pruned: nn.Module
     dense: nn.Module | None
     method: str
     seed: int
+    depth: object | None = None
+
+    @property
+    def has_gates(self) -> bool:
+        """Whether the run fitted a gate posterior (every method but SR-init alone)."""
+        return self.gated is not None

@@ -1,5 +1,6 @@
 """Decision rules: each maps a fitted :class:`~pyroprune.posterior.GatePosterior` to a
-:class:`~pyroprune.plan.PruningPlan`.
+:class:`~pyroprune.plan.PruningPlan` (``srinit`` maps a :class:`~pyroprune.sensitivity.BlockSensitivity`, the
+measured re-initialisation drops of residual blocks).
 
 ==============  ===================================================  ==========================
 name            rule                                                 paper
@@ -14,6 +15,7 @@ name            rule                                                 paper
 ``rbp``         :math:`|E[\\theta]| < \\tau` (Gaussian noise)         Zhou et al. 2018/2019
 ``rbp-bmr``     :math:`\\Delta F \\ge 0` against the Dirac-like spike  RBP + BMR (this package)
 ``dllp``        SVGD particles' inclusion probability >= 1/2          DLLP 2022 (model: this package)
+``srinit``      :math:`P(\\Delta_b \\le \\tau) \\ge 0.95` (re-init drop)   Tang et al. 2023 (+ uncertainty)
 ==============  ===================================================  ==========================
 """
 
@@ -29,6 +31,7 @@ from .dllp import dllp
 from .magnitude import expected_gate, random_rule, weight_norm
 from .rbp import rbp_bmr, rbp_threshold
 from .sbp import snr
+from .srinit import srinit
 
 __all__ = [
     "RULES",
@@ -42,6 +45,7 @@ __all__ = [
     "rbp_threshold",
     "rbp_bmr",
     "dllp",
+    "srinit",
 ]
 
 #: Rule name -> function ``(posterior, gated, **params) -> PruningPlan``.
@@ -56,11 +60,13 @@ RULES: dict[str, Callable[..., PruningPlan]] = {
     "rbp": rbp_threshold,
     "rbp-bmr": rbp_bmr,
     "dllp": dllp,
+    "srinit": srinit,
 }
 
 
 def decide(posterior: GatePosterior, method: str, gated=None, **params) -> PruningPlan:
-    """Apply the rule called ``method`` (see :data:`RULES`)."""
+    """Apply the rule called ``method`` (see :data:`RULES`) to ``posterior`` (for ``srinit``, a
+    :class:`~pyroprune.sensitivity.BlockSensitivity`)."""
     if method not in RULES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(RULES)}")
     try:
