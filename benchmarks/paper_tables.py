@@ -5,7 +5,10 @@ ONCE (post-training schedule, :func:`pyroprune.experiment.run_recipe` -- the com
 does), then every rule decides from that same posterior, the pruned network is removed physically and fine-tuned
 (:func:`pyroprune.pipeline.decide_again`). Recipes whose schedule ties the fit to the rule (RBP's recursive
 schedule) are run once with their own rule; DLLP's SVGD fit (network weights fixed) serves its two selections.
-Every row is a run directory under ``--out`` (the pruned model and
+SR-init (``schedule="reinit"``, depth pruning of residual blocks) scores the blocks once and decides twice from
+that scoring: the recipe's P(drop <= tau) >= 0.95 and P(drop <= tau) >= 1/2, the closest to the paper's one
+measurement; a recipe with an SR-init depth stage before a width method (``depth="srinit"``) is run once with
+its own rule and schedule. Every row is a run directory under ``--out`` (the pruned model and
 its metrics); with ``--reuse`` finished rows are read back instead of recomputed, and an interrupted fit resumes
 from its checkpoint.
 
@@ -34,16 +37,20 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pyroprune.experiment import run_recipe
+from pyroprune.infer.srinit import DepthStage
 from pyroprune.measure import measure_latency
-from pyroprune.pipeline import decide_again, measure_result
+from pyroprune.methods.srinit import srinit
+from pyroprune.pipeline import PruneResult, decide_again, finetune_pruned, measure_result
 from pyroprune.plan import atomic_write_text
 from pyroprune.recipes import builtin_recipes, load_recipe, recipe_from_dict, recipe_to_dict
 from pyroprune.serialization import load_pruned, save_pruned
+from pyroprune.surgery import remove
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +74,37 @@ DLLP_RULES = [
     ("DLLP (best particle on validation)", "dllp", {"select": "best"}),
 ]
 
-#: The experiments: built-in recipe -> published rows quoted beside ours (DESIGN.md; the papers' tables).
+#: SR-init's decisions from one block scoring (``schedule="reinit"``): parameters over the recipe's. The second
+#: only where the recipe decides by a threshold ``tau``: the paper removes a block iff its one measured drop is
+#: <= tau, and P(drop <= tau) >= 1/2 (the posterior median below tau) is the closest to that.
+SRINIT_DECISIONS = [{}, {"prob": 0.5}]
+
+#: The paper's figures (Tang, Lu & Xuan 2023, as quoted in DESIGN.md): reductions in percent of the dense
+#: network, accuracy change in points; not run here (no CIFAR or ImageNet offline).
+_SRINIT_SOURCE = "Tang, Lu & Xuan 2023 (SR-init)"
+_SRINIT_METHOD = "SR-init (τ hand-set, one seed, scored on the test set)"
+
+
+def _published_srinit(model: str, dataset: str, params_pct: float, accuracy_change: float, flops_pct=None) -> dict:
+    return {
+        "model": model,
+        "dataset": dataset,
+        "method": _SRINIT_METHOD,
+        "source": _SRINIT_SOURCE,
+        "error_pct": None,
+        "accuracy_change_pts": accuracy_change,
+        "kept": None,
+        "params_reduction": 1.0 / (1.0 - params_pct / 100.0),
+        "flops_reduction": None if flops_pct is None else 1.0 / (1.0 - flops_pct / 100.0),
+        "quoted": f"−{params_pct} % parameters"
+        + ("" if flops_pct is None else f", −{flops_pct} % FLOPs")
+        + f", {'+' if accuracy_change >= 0 else '−'}{abs(accuracy_change)} % "
+        + ("top-1 accuracy" if dataset == "imagenet" else "accuracy"),
+    }
+
+
+#: The experiments: built-in recipe -> published rows quoted beside ours (DESIGN.md; the papers' tables). A
+#: published row may name its own ``model`` and ``dataset`` (SR-init's ResNets); it then gets its own section.
 EXPERIMENTS: dict[str, list[dict]] = {
     "sbp-lenet-500-300-mnist": [
         {
@@ -108,6 +145,14 @@ EXPERIMENTS: dict[str, list[dict]] = {
     "rbp-lenet5-caffe-mnist": [],
     # DLLP (one SVGD fit, two selections); the abstract reports no MNIST figures
     "dllp-lenet5-caffe-mnist": [],
+    # SR-init (one scoring, two decisions); the paper has no MNIST figures: its ResNet figures for reference
+    "srinit-resnet20-mnist": [
+        _published_srinit("ResNet-56", "cifar10", 63.98, +0.56),
+        _published_srinit("ResNet-56", "cifar100", 37.71, -0.8),
+        _published_srinit("ResNet-50", "imagenet", 39.29, -0.6, flops_pct=15.59),
+    ],
+    # SR-init's blocks, then BMRS_N's channels of the shallower network (its own rule and schedule)
+    "srinit-bmrs-resnet20-mnist": [],
 }
 
 MODEL_NAMES = {
@@ -116,7 +161,22 @@ MODEL_NAMES = {
     "lenet-300-100": "LeNet-300-100",
     "bmrs-mlp": "BMRS MLP",
     "bmrs-lenet5": "BMRS LeNet-5",
+    "small-resnet": "small ResNet-20 (8-16-32 channels)",
 }
+
+#: The settings of an SR-init row's run recorded in its results.json row.
+SRINIT_SETTINGS = (
+    "schedule",
+    "epochs",
+    "reinit_seeds",
+    "reinit_init",
+    "bootstrap",
+    "bootstrap_draws",
+    "depth_params",
+    "depth_finetune_epochs",
+)
+
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
 
 #: Keys every row of results.json has (None where a paper does not report the figure).
 ROW_KEYS = (
@@ -136,27 +196,54 @@ def _recipe(name: str, args: argparse.Namespace, seed: int, rule: tuple[str, str
     recipe = load_recipe(name, args.sets)
     d = recipe_to_dict(recipe)
     d["pretrain"]["epochs"] = args.pretrain_epochs
-    own_epochs = args.dllp_epochs if recipe.prune.schedule == "svgd" else args.rbp_epochs
+    schedule = recipe.prune.schedule
+    # SVI fits of gates (shared, or the width stage after SR-init's blocks) take --svi-epochs; SR-init's scoring
+    # has no epochs (the recipe's value is kept, unused)
+    svi_fit = shared_fit or schedule in ("post-training", "continuous")
+    own_epochs = {"svgd": args.dllp_epochs, "recursive": args.rbp_epochs}.get(schedule, recipe.prune.epochs)
     d["prune"].update(
-        epochs=args.svi_epochs if shared_fit else own_epochs, finetune_epochs=args.finetune_epochs, seed=seed
+        epochs=args.svi_epochs if svi_fit else own_epochs, finetune_epochs=args.finetune_epochs, seed=seed
     )
-    if recipe.prune.schedule == "svgd" and args.dllp_particles is not None:
+    if schedule == "svgd" and args.dllp_particles is not None:
         d["prune"]["num_particles"] = args.dllp_particles
     _, method, params = rule
     d["prune"].update(method=method, method_params=dict(params))
     if shared_fit:
         # one posterior for every rule: the post-training schedule (the fit does not depend on the rule)
         d["prune"]["schedule"] = "post-training"
-        if args.guide_lr is not None:
-            d["prune"]["guide_lr"] = args.guide_lr
+    if svi_fit and args.guide_lr is not None:
+        d["prune"]["guide_lr"] = args.guide_lr
     return recipe_from_dict(d, source=recipe.source)
+
+
+def _srinit_label(params: dict) -> str:
+    """The row label of an SR-init decision: its threshold and probability, or its budget."""
+    if "tau" in params:
+        prob = params.get("prob", 0.95)
+        paper = " (≈ the paper's one-measurement rule)" if prob == 0.5 else ""
+        return f"SR-init: P(drop ≤ {params['tau']:g} pt) ≥ {prob:g}{paper}"
+    key, value = next((k, v) for k, v in params.items() if k in ("params_reduction", "flops_reduction"))
+    return f"SR-init: {value:.0%} of the {'parameters' if key == 'params_reduction' else 'FLOPs'} removed"
+
+
+def _width_label(method: str, params: dict) -> str:
+    """The label of the most specific of :data:`RULES` whose method is ``method`` and whose parameters ``params``
+    share (e.g. ``BMRS_N (public-code ΔF)`` for ``include_log_2pi = false``); the method's name if none."""
+    shared = [(len(p), label) for label, m, p in RULES if m == method and all(params.get(k) == v for k, v in p.items())]
+    return max(shared)[1] if shared else method
 
 
 def _fits(recipe) -> list[tuple[str, list[tuple[str, str, dict]], bool]]:
     """(fit directory, rules decided from that fit, shared?) for a recipe."""
+    own = dict(recipe.prune.method_params)
     if recipe.prune.schedule == "svgd":  # DLLP: one particle fit (rule-free), both of its selections
-        own = dict(recipe.prune.method_params)
         return [("fit-dllp", [(label, m, {**own, **p}) for label, m, p in DLLP_RULES], False)]
+    if recipe.prune.schedule == "reinit":  # SR-init: one scoring (rule-free), its decisions
+        decisions = [{**own, **p} for p in SRINIT_DECISIONS[: 2 if "tau" in own else 1]]
+        return [("fit-srinit", [(_srinit_label(p), "srinit", p) for p in decisions], False)]
+    if recipe.prune.depth != "none":  # SR-init's blocks, then the width method: the recipe's own rule and schedule
+        label = f"{_srinit_label(recipe.prune.depth_params)}, then {_width_label(recipe.prune.method, own)}"
+        return [("fit-depth", [(label, recipe.prune.method, own)], False)]
     if recipe.prune.schedule != "recursive":
         return [("fit", RULES, True)]
     own = recipe.prune.method
@@ -171,7 +258,25 @@ def _arch(recipe) -> dict:
 def _write_row(directory: Path, result, metrics: dict, label: str, arch: dict) -> None:
     save_pruned(result.pruned, directory / "model", arch=arch)
     result.plan.save(directory / "plan.json")
+    if result.depth is not None and result.depth.plan is not result.plan:  # depth, then width: the block plan
+        result.depth.plan.save(directory / "depth-plan.json")
     atomic_write_text(directory / "metrics.json", json.dumps({**metrics, "label": label}, indent=1))
+
+
+def _decide_again(run, rule: str, params: dict, progress: bool):
+    """Another rule from the fit (or, for SR-init, the block scoring) ``run`` holds: decide, remove, fine-tune."""
+    result = run.result
+    if result.config.schedule != "reinit":
+        return decide_again(result, run.data, rule, params, progress=progress)
+    # SR-init: the same drops decided again, the blocks removed from the dense network, fine-tuned
+    config = replace(result.config, method=rule, method_params=dict(params))
+    config.validate()
+    sensitivity = result.depth.sensitivity
+    plan = srinit(sensitivity, None, **config.method_params)
+    pruned = remove(run.dense, plan, run.data.train.x[:2])
+    finetune = finetune_pruned(pruned, run.data, config, progress=progress)
+    depth = DepthStage(sensitivity, plan)
+    return PruneResult(None, None, None, plan, pruned, result.history, finetune, config, depth=depth)
 
 
 def run_experiment(name: str, seed: int, args: argparse.Namespace) -> list[dict]:
@@ -194,7 +299,9 @@ def run_experiment(name: str, seed: int, args: argparse.Namespace) -> list[dict]
         dense_dir = Path(args.out) / "_dense" / hashlib.sha1(key.encode()).hexdigest()[:16]
         pretrained = (dense_dir / "model.json").is_file()
         fit_dir = base / fit_name
-        resume = args.reuse and (fit_dir / "checkpoint" / "checkpoint.json").is_file()
+        # only a gate fit without a depth stage resumes (SR-init's scoring and the stage are not checkpointed)
+        resumable = recipe.prune.depth == "none" and recipe.prune.schedule != "reinit"
+        resume = resumable and args.reuse and (fit_dir / "checkpoint" / "checkpoint.json").is_file()
         fit_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         run = run_recipe(
@@ -218,7 +325,7 @@ def run_experiment(name: str, seed: int, args: argparse.Namespace) -> list[dict]
                 params = dict(params)
                 if "match" in params:
                     params["match"] = plans[params["match"]]
-                result = decide_again(run.result, run.data, rule, params, progress=args.progress)
+                result = _decide_again(run, rule, params, args.progress)
                 metrics = measure_result(result, run.dense, run.data, model=recipe.model["name"])
                 metrics["method_params"] = {k: v for k, v in metrics["method_params"].items() if k != "match"}
             plans[label] = result.plan
@@ -233,7 +340,7 @@ def run_experiment(name: str, seed: int, args: argparse.Namespace) -> list[dict]
             rows.append({**metrics, "label": label})
             print(
                 f"{name} seed {seed} {label:40s} error {metrics['error_pct']:.2f} %  kept "
-                f"{metrics['pruned']['kept']}  params /{metrics['params_reduction']:.2f}  "
+                f"{_kept(metrics, 'pruned')}  params /{metrics['params_reduction']:.2f}  "
                 f"MACs /{metrics['macs_reduction']:.2f}",
                 flush=True,
             )
@@ -297,6 +404,20 @@ def measure_speedups(rows: list[dict], args: argparse.Namespace) -> None:
             row[f"{device.type}_speedup"] = statistics.median(t_dense) / statistics.median(t_pruned)
 
 
+def _kept(metrics: dict, which: str) -> str:
+    """The kept (``which="pruned"``) or total (``"dense"``) structures of a row: per gated layer; for SR-init the
+    removable blocks per stage (the blocks that change shape are never candidates), and after a depth stage both."""
+    depth = metrics.get("depth")
+    if depth is None:
+        return metrics[which]["kept"]
+    blocks = depth["blocks_kept"] if which == "pruned" else depth["blocks_total"]
+    if which == "dense":  # (after a depth stage metrics["dense"]["kept"] counts the shallower network's channels)
+        return f"{blocks} removable blocks per stage"
+    if metrics["method"] == "srinit":  # the plan is the block plan
+        return f"{blocks} of {depth['blocks_total']} blocks"
+    return f"{blocks} of {depth['blocks_total']} blocks; channels {metrics['pruned']['kept']}"
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """One table row per (experiment, rule): means over seeds (and the spread of the error)."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -306,26 +427,31 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for (recipe, label), rs in groups.items():
         rs.sort(key=lambda r: r["seed"])
         errors = [r["error_pct"] for r in rs]
-        out.append(
-            {
-                "model": MODEL_NAMES.get(rs[0]["model"], rs[0]["model"]),
-                "dataset": rs[0]["dataset"],
-                "method": label,
-                "error_pct": statistics.mean(errors),
-                "error_pct_sd": statistics.stdev(errors) if len(errors) > 1 else None,
-                "dense_error_pct": statistics.mean(100 * (1 - r["dense"]["accuracy"]) for r in rs),
-                "kept": rs[0]["pruned"]["kept"],
-                "kept_per_seed": [r["pruned"]["kept"] for r in rs],
-                "dense_kept": rs[0]["dense"]["kept"],
-                "params_reduction": statistics.mean(r["params_reduction"] for r in rs),
-                "flops_reduction": statistics.mean(r["macs_reduction"] for r in rs),
-                "cpu_speedup": statistics.mean(r["cpu_speedup"] for r in rs),
-                "gpu_speedup": (statistics.mean(r["cuda_speedup"] for r in rs) if "cuda_speedup" in rs[0] else None),
-                "seeds": [r["seed"] for r in rs],
-                "recipe": recipe,
-                "source": "pyroprune",
-            }
-        )
+        dense_errors = [100 * (1 - r["dense"]["accuracy"]) for r in rs]
+        row = {
+            "model": MODEL_NAMES.get(rs[0]["model"], rs[0]["model"]),
+            "dataset": rs[0]["dataset"],
+            "method": label,
+            "error_pct": statistics.mean(errors),
+            "error_pct_sd": statistics.stdev(errors) if len(errors) > 1 else None,
+            "dense_error_pct": statistics.mean(dense_errors),
+            "accuracy_change_pts": statistics.mean(d - e for d, e in zip(dense_errors, errors, strict=True)),
+            "kept": _kept(rs[0], "pruned"),
+            "kept_per_seed": [_kept(r, "pruned") for r in rs],
+            "dense_kept": _kept(rs[0], "dense"),
+            "params_reduction": statistics.mean(r["params_reduction"] for r in rs),
+            "flops_reduction": statistics.mean(r["macs_reduction"] for r in rs),
+            "cpu_speedup": statistics.mean(r["cpu_speedup"] for r in rs),
+            "gpu_speedup": (statistics.mean(r["cuda_speedup"] for r in rs) if "cuda_speedup" in rs[0] else None),
+            "seeds": [r["seed"] for r in rs],
+            "recipe": recipe,
+            "source": "pyroprune",
+        }
+        if "depth" in rs[0]:  # SR-init: the removed blocks of every seed, the scoring's settings
+            row["removed_blocks_per_seed"] = [r["depth"]["removed_blocks"] for r in rs]
+            cfg = rs[0]["recipe_run"]["prune"]
+            row["srinit"] = {k: cfg[k] for k in SRINIT_SETTINGS}
+        out.append(row)
     return out
 
 
@@ -338,6 +464,7 @@ def published_rows(names: list[str]) -> list[dict]:
                 {
                     "model": MODEL_NAMES.get(recipe.model["name"], recipe.model["name"]),
                     "dataset": recipe.data["name"],
+                    "accuracy_change_pts": None,
                     "params_reduction": None,
                     "flops_reduction": None,
                     "cpu_speedup": None,
@@ -378,44 +505,85 @@ def markdown(ours: list[dict], published: list[dict], args: argparse.Namespace, 
         f"recipe's other settings); DLLP: {args.dllp_epochs} SVGD epoch(s)"
         + (f" with {args.dllp_particles} particles" if args.dllp_particles else "")
         + " (network weights fixed, one fit for both selections); "
-        f"{args.finetune_epochs} fine-tuning epochs per rule (best validation epoch "
+        + _srinit_settings(ours)
+        + f"{args.finetune_epochs} fine-tuning epochs per rule (best validation epoch "
         "kept). The papers train 200 + 200 epochs (SBP), so these are short runs, not reproductions. "
         f"Seeds: {', '.join(map(str, args.seeds))}"
         + "".join(f"; {item}" for item in args.seeds_for)
         + f". Recipe overrides: {', '.join(args.sets) or 'none'}. "
         "Every rule of an architecture starts from the same pretrained dense network.",
-        "- Error: test error (10,000 MNIST test images) in percent, mean over seeds (± sd with several seeds). "
-        "Kept: structures kept per gated layer (input features first where the recipe gates them), first seed. "
+        "- Error: test error (10,000 MNIST test images) in percent, mean over seeds (± sd with several seeds); "
+        "Δ acc.: accuracy of the pruned minus that of the dense network, in percentage points. "
+        "Kept: structures kept per gated layer (input features first where the recipe gates them), first seed; "
+        "SR-init: residual blocks kept per stage of the removable ones (identity shortcut; the first block of a "
+        "stage changes the shape and always stays), and after SR-init's blocks the channels of the shallower "
+        "network. "
         "FLOPs: multiply-accumulates per image, dense / pruned, counted by Torch-Pruning. Speed-up: dense / pruned "
         f"median latency of one forward pass of {args.latency_batch} test images ({args.latency_rounds} alternating "
         f"rounds × median of {args.repeats}), measured after all training in one process.",
-        "- Published rows are quoted from the papers (see `source`), on their hardware; '–' = not reported.",
+        "- Published rows are quoted from the papers (see `source`), on their hardware; '–' = not reported. "
+        "Sections without a pyroprune row quote a paper's results on data not available here, for reference; "
+        "reductions given in percent are shown as ratios (−63.98 % parameters = 2.78×).",
         "",
     ]
-    by_model: dict[str, list[dict]] = {}
+    sections: dict[tuple[str, str], list[dict]] = {}
     for r in published + ours:
-        by_model.setdefault(r["model"], []).append(r)
-    for model, rows in by_model.items():
+        sections.setdefault((r["model"], r["dataset"]), []).append(r)
+    # sections with our rows first, the published-only (reference) ones after them
+    order = sorted(sections, key=lambda k: all(r["source"] != "pyroprune" for r in sections[k]))
+    for model, dataset in order:
+        rows = sections[(model, dataset)]
         dense = next((r for r in rows if r["source"] == "pyroprune"), None)
-        lines += [f"## {model} on MNIST", ""]
+        lines += [f"## {model} on {DATASET_LABELS.get(dataset, dataset)}", ""]
         if dense is not None:
             lines += [f"Dense network: {dense['dense_kept']}, test error {dense['dense_error_pct']:.2f} %.", ""]
+        else:
+            lines += ["Published figures only (reference; not run here).", ""]
         lines += [
-            "| method | source | seeds | error % | kept | params ↓ | FLOPs ↓ | CPU speed-up | GPU speed-up |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| method | source | seeds | error % | Δ acc. (pts) | kept | params ↓ | FLOPs ↓ | CPU speed-up "
+            "| GPU speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             err = _fmt(r["error_pct"])
             if r.get("error_pct_sd") is not None:
                 err += f" ± {r['error_pct_sd']:.2f}"
+            source = r["source"] + (f": {r['quoted']}" if r.get("quoted") else "")
             lines.append(
-                f"| {r['method']} | {r['source']} | {len(r.get('seeds', [])) or '–'} | {err} | {r['kept']} | "
+                f"| {r['method']} | {source} | {len(r.get('seeds', [])) or '–'} | {err} | "
+                f"{_fmt(r.get('accuracy_change_pts'), '+.2f').replace('-', '−')} | {r['kept'] or '–'} | "
                 f"{_fmt(r['params_reduction'], suffix='×')} | "
                 f"{_fmt(r['flops_reduction'], suffix='×')} | {_fmt(r['cpu_speedup'], suffix='×')} | "
                 f"{_fmt(r.get('gpu_speedup'), suffix='×')} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _srinit_settings(ours: list[dict]) -> str:
+    """The Epochs sentence's part on SR-init rows (empty without them): scoring and depth fine-tuning."""
+    runs = {}
+    for r in ours:
+        if "srinit" in r:
+            runs.setdefault(r["recipe"], r["srinit"])
+    if not runs:
+        return ""
+    parts, said = [], None
+    for name, cfg in runs.items():
+        scoring = (
+            f"{cfg['reinit_seeds']} re-initialisations ({cfg['reinit_init']}) per block scored on the validation "
+            f"split, {cfg['bootstrap']} bootstrap ({cfg['bootstrap_draws']} draws)"
+        )
+        text = "the same scoring" if scoring == said else scoring
+        said = scoring
+        if cfg["schedule"] == "reinit":
+            parts.append(f"{name}: {text}, the decisions from that one scoring")
+        else:
+            parts.append(
+                f"{name}: {text}, {cfg['depth_finetune_epochs']} fine-tuning epochs after removing the blocks, "
+                f"then the width rule's {cfg['schedule']} schedule for {cfg['epochs']} SVI epochs"
+            )
+    return "SR-init: " + "; ".join(parts) + "; "
 
 
 def _seeds_for(items: list[str], names: list[str]) -> dict[str, list[int]]:

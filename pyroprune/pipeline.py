@@ -157,6 +157,9 @@ class PruneConfig:
                 raise ValueError(f"'{name}' must be >= 1, got {getattr(self, name)}")
         if self.depth_finetune_epochs < 0:
             raise ValueError(f"'depth_finetune_epochs' must be >= 0, got {self.depth_finetune_epochs}")
+        if self.depth == "none" and (self.depth_params or self.depth_finetune_epochs):
+            which = "depth_params" if self.depth_params else "depth_finetune_epochs"
+            raise ValueError(f"'{which}' is set but 'depth' is 'none' (set 'depth' to 'srinit' for a depth stage)")
         if reinit:
             check_srinit_params(**self.method_params)
         elif self.depth == "srinit":
@@ -278,7 +281,7 @@ def prune_network(
         result = prune_network(
             shallow,
             data,
-            replace(config, depth="none"),
+            replace(config, depth="none", depth_params={}, depth_finetune_epochs=0),
             progress,
             checkpoint_dir=checkpoint_dir,
             fingerprint=fingerprint,
@@ -467,7 +470,16 @@ def measure_result(
     """The metrics dict of :func:`prune_and_measure` for a finished ``result`` (test split)."""
     config = result.config
     width = data.input_shape[0] if len(data.input_shape) == 1 else None
-    dense_m = network_metrics(dense, data, result.plan.total_string(width))
+    dense_kept = result.plan.total_string(width)
+    if result.depth is not None and result.gated is not None:
+        # depth then width: the width plan was made on the shallower network; describe the dense one's channels
+        from .gates import find_gate_sites
+
+        sites = find_gate_sites(dense, data.train.x[:2], input_gates=list(config.input_gates) or None)
+        dense_kept = "-".join(
+            ([str(width)] if width is not None and sites[0].kind != "feature" else []) + [str(s.size) for s in sites]
+        )
+    dense_m = network_metrics(dense, data, dense_kept)
     pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(width))
     if not dense_trained:
         dense_m.update({k: None for k in ("accuracy", "nll", "brier", "ece")})

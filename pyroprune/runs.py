@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .blocks import remove_blocks
-from .data import DataSplits, load_dataset, load_digits
+from .data import DataSplits, load_dataset
 from .diagnostics.run import RunArtifacts
 from .distributions import LogUniform
 from .gates import GatedNet
@@ -152,9 +152,16 @@ def _guide_state(result: PruneResult) -> dict:
 
 
 def load_data(spec: dict, device="cpu", root=None) -> DataSplits:
-    """The data splits a run was fitted on (``spec`` as recorded in ``run.json``; ``root`` overrides its root)."""
-    if spec.get("name") == "digits" and not spec.get("image"):
-        return load_digits(seed=int(spec.get("seed", 0)), device=device)
+    """The data splits a run was fitted on (``spec`` as recorded in ``run.json``; ``root`` overrides its root).
+
+    The digits are flat 64-vectors unless the spec says ``flatten = false`` (or ``image = true``): the demo's run
+    directories record only ``name`` and ``seed``.
+    """
+    if spec.get("name") == "digits":
+        flatten = bool(spec.get("flatten", not spec.get("image", False)))
+        return load_dataset(
+            "digits", val_size=spec.get("val_size"), seed=int(spec.get("seed", 0)), device=device, flatten=flatten
+        )
     return load_dataset(
         spec["name"],
         root or spec.get("root"),

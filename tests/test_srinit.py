@@ -13,12 +13,13 @@ from torch import nn
 
 from pyroprune.blocks import REMOVED_BLOCKS_ATTR, find_residual_blocks, reinitialise, remove_blocks, removed_blocks
 from pyroprune.data import TensorSplit, load_digits
+from pyroprune.gates import find_gate_sites
 from pyroprune.infer import evaluate, train_plain
 from pyroprune.measure import count_macs, count_params
 from pyroprune.methods import decide
 from pyroprune.methods.srinit import check_srinit_params, srinit
 from pyroprune.models import BasicBlock, build_model, resnet20
-from pyroprune.pipeline import PruneConfig, prune_network
+from pyroprune.pipeline import PruneConfig, measure_result, prune_network
 from pyroprune.plan import PruningPlan
 from pyroprune.sensitivity import BlockSensitivity, _bootstrap_means, block_sensitivity
 from pyroprune.serialization import load_pruned, save_pruned
@@ -433,6 +434,21 @@ def test_prune_network_srinit_and_combination(trained, digits):
     assert all(not any(p.startswith(f"{b}.") for p in both.gated.net.state_dict()) for b in both.depth.removed)
     assert count_params(both.pruned) <= count_params(result.pruned)
     assert both.config.depth == "srinit"
+    # the dense network's description counts its own channels, not the shallower network's
+    metrics = measure_result(both, trained, digits, model="resnet20")
+    dense_sites = find_gate_sites(trained, digits.val.x[:2])
+    assert metrics["dense"]["kept"] == "-".join(str(s.size) for s in dense_sites)
+    assert len(metrics["pruned"]["kept"].split("-")) == len(both.plan.sites) < len(dense_sites)
+    assert metrics["depth"]["removed_blocks"] == both.depth.removed
+
+
+def test_recipe_digits_as_images():
+    from pyroprune.runs import load_data
+
+    images = load_data({"name": "digits", "flatten": False, "val_size": 300, "seed": 0})
+    assert images.train.x.shape[1:] == (1, 8, 8) and len(images.val) == 300
+    legacy = load_data({"name": "digits", "seed": 0})  # the demo's run directories: flat vectors
+    assert legacy.train.x.shape[1:] == (64,)
 
 
 @pytest.mark.parametrize(
@@ -447,6 +463,8 @@ def test_prune_network_srinit_and_combination(trained, digits):
         ({"reinit_init": "xavier"}, "'reinit_init' must be one of"),
         ({"bootstrap": "jackknife"}, "'bootstrap' must be one of"),
         ({"blocks": "layer1.*"}, "'blocks' must be a list"),
+        ({"depth_params": {"tau": 1.0}}, "'depth_params' is set but 'depth' is 'none'"),
+        ({"depth_finetune_epochs": 2}, "'depth_finetune_epochs' is set but 'depth' is 'none'"),
     ],
 )
 def test_config_errors(changes, message):
