@@ -37,20 +37,16 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pyroprune.experiment import run_recipe
-from pyroprune.infer.srinit import DepthStage
 from pyroprune.measure import measure_latency
-from pyroprune.methods.srinit import srinit
-from pyroprune.pipeline import PruneResult, decide_again, finetune_pruned, measure_result
+from pyroprune.pipeline import decide_again, measure_result
 from pyroprune.plan import atomic_write_text
 from pyroprune.recipes import builtin_recipes, load_recipe, recipe_from_dict, recipe_to_dict
 from pyroprune.serialization import load_pruned, save_pruned
-from pyroprune.surgery import remove
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,18 +261,7 @@ def _write_row(directory: Path, result, metrics: dict, label: str, arch: dict) -
 
 def _decide_again(run, rule: str, params: dict, progress: bool):
     """Another rule from the fit (or, for SR-init, the block scoring) ``run`` holds: decide, remove, fine-tune."""
-    result = run.result
-    if result.config.schedule != "reinit":
-        return decide_again(result, run.data, rule, params, progress=progress)
-    # SR-init: the same drops decided again, the blocks removed from the dense network, fine-tuned
-    config = replace(result.config, method=rule, method_params=dict(params))
-    config.validate()
-    sensitivity = result.depth.sensitivity
-    plan = srinit(sensitivity, None, **config.method_params)
-    pruned = remove(run.dense, plan, run.data.train.x[:2])
-    finetune = finetune_pruned(pruned, run.data, config, progress=progress)
-    depth = DepthStage(sensitivity, plan)
-    return PruneResult(None, None, None, plan, pruned, result.history, finetune, config, depth=depth)
+    return decide_again(run.result, run.data, rule, params, progress=progress, net=run.dense)
 
 
 def run_experiment(name: str, seed: int, args: argparse.Namespace) -> list[dict]:

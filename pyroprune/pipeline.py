@@ -348,7 +348,7 @@ def prune_network(
 
 
 def remove_and_finetune(
-    gated: GatedNet, plan: PruningPlan, data: DataSplits, config: PruneConfig, progress: bool = True
+    gated: GatedNet | nn.Module, plan: PruningPlan, data: DataSplits, config: PruneConfig, progress: bool = True
 ) -> tuple[nn.Module, list[dict]]:
     """Physically remove what ``plan`` prunes (kept gates' :math:`E[\\theta]` folded in), then fine-tune the
     plain network for ``config.finetune_epochs`` (best validation checkpoint kept).
@@ -378,25 +378,37 @@ def finetune_pruned(pruned: nn.Module, data: DataSplits, config: PruneConfig, pr
 
 
 def decide_again(
-    result: PruneResult, data: DataSplits, method: str, method_params: dict | None = None, progress: bool = True
+    result: PruneResult,
+    data: DataSplits,
+    method: str,
+    method_params: dict | None = None,
+    progress: bool = True,
+    net: nn.Module | None = None,
 ) -> PruneResult:
     """Another rule applied to the posterior ``result`` already holds: decide, remove, fine-tune.
 
     Valid for the post-training schedule, where the fit does not depend on the rule, so one SVI fit serves
-    every rule (as in the comparisons of Wright et al. 2024), and for the svgd schedule (DLLP's particles do not
-    depend on the rule either; e.g. ``dllp`` with ``select="best"``). Under the continuous schedule the masks
-    applied during training came from ``result``'s own rule, so this raises.
+    every rule (as in the comparisons of Wright et al. 2024), for the svgd schedule (DLLP's particles do not
+    depend on the rule either; e.g. ``dllp`` with ``select="best"``) and for SR-init's reinit schedule (the
+    drops do not depend on the rule; e.g. ``srinit`` with another ``tau`` or ``prob``), which removes the blocks
+    from ``net``, the network that was scored (a result holds only the pruned one). Under the continuous
+    schedule the masks applied during training came from ``result``'s own rule, so this raises.
     """
-    if result.config.schedule == "reinit":
-        raise ValueError(
-            "decide_again needs a gate posterior; for SR-init apply the srinit rule to result.depth.sensitivity"
-        )
-    if result.config.schedule not in ("post-training", "svgd"):
+    if result.config.schedule not in ("post-training", "svgd", "reinit"):
         raise ValueError(
             f"decide_again needs a post-training fit (schedule {result.config.schedule!r} ties the fit to its rule)"
         )
     config = replace(result.config, method=method, method_params=dict(method_params or {}))
     config.validate()
+    if config.schedule == "reinit":  # SR-init: the same drops, another decision, removed from the scored network
+        from .infer.srinit import DepthStage
+
+        if net is None:
+            raise ValueError("decide_again of an SR-init result needs the network that was scored: pass 'net'")
+        plan = decide(result.depth.sensitivity, method, None, **config.method_params)
+        pruned, finetune = remove_and_finetune(net, plan, data, config, progress=progress)
+        depth = DepthStage(result.depth.sensitivity, plan)
+        return PruneResult(None, None, None, plan, pruned, result.history, finetune, config, depth)
     plan = decide(result.posterior, method, result.gated, **config.method_params)
     pruned, finetune = remove_and_finetune(result.gated, plan, data, config, progress=progress)
     return PruneResult(

@@ -37,7 +37,7 @@ import json
 import os
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,7 +88,6 @@ class BlockSensitivity:
     split: str = "val"
     total_params: int = 0
     total_macs: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def paths(self) -> list[str]:
@@ -167,7 +166,6 @@ class BlockSensitivity:
             "split": self.split,
             "total_params": self.total_params,
             "total_macs": self.total_macs,
-            "extra": self.extra,
         }
 
     @classmethod
@@ -190,7 +188,6 @@ class BlockSensitivity:
             str(d.get("split", "val")),
             int(d.get("total_params", 0)),
             int(d.get("total_macs", 0)),
-            dict(d.get("extra", {})),
         )
 
     def save(self, path: str | os.PathLike) -> None:

@@ -19,7 +19,7 @@ from pyroprune.measure import count_macs, count_params
 from pyroprune.methods import decide
 from pyroprune.methods.srinit import check_srinit_params, srinit
 from pyroprune.models import BasicBlock, build_model, resnet20
-from pyroprune.pipeline import PruneConfig, measure_result, prune_network
+from pyroprune.pipeline import PruneConfig, decide_again, measure_result, prune_network
 from pyroprune.plan import PruningPlan
 from pyroprune.sensitivity import BlockSensitivity, _bootstrap_means, block_sensitivity
 from pyroprune.serialization import load_pruned, save_pruned
@@ -418,6 +418,12 @@ def test_prune_network_srinit_and_combination(trained, digits):
         b.params for b in result.depth.sensitivity.blocks if b.path in result.depth.removed
     )
     assert len(result.finetune_history) == 1
+    # the same drops decided again (the paper's median rule), removed from the scored network
+    again = decide_again(result, digits, "srinit", {"tau": 1e9, "prob": 0.5}, progress=False, net=trained)
+    assert again.depth.sensitivity is result.depth.sensitivity and len(again.depth.removed) == 7
+    assert count_params(again.pruned) == count_params(trained) - sum(b.params for b in result.depth.sensitivity.blocks)
+    with pytest.raises(ValueError, match="needs the network that was scored"):
+        decide_again(result, digits, "srinit", {"tau": 1.0}, progress=False)
     combo = PruneConfig(
         method="bmrs-n",
         schedule="post-training",

@@ -115,9 +115,8 @@ def _natural_key(path: str) -> tuple:
 def network_order(blocks: Sequence[ResidualBlock], fixed: Sequence[ResidualBlock], net: nn.Module | None = None):
     """The removable and the fixed blocks merged into one list in network order.
 
-    Each list is already in execution order (:func:`~pyroprune.blocks.find_residual_blocks`); they are merged by
-    the blocks' positions among ``net``'s modules (registration order) when ``net`` holds them all, else by
-    their paths with numbers compared as numbers.
+    Sorted by the blocks' positions among ``net``'s modules (registration order) when ``net`` holds them all,
+    else by their paths with numbers compared as numbers.
     """
     position = {}
     if net is not None:
@@ -128,15 +127,7 @@ def network_order(blocks: Sequence[ResidualBlock], fixed: Sequence[ResidualBlock
     def key(b: ResidualBlock):
         return (position[b.path],) if position else _natural_key(b.path)
 
-    merged, i, j = [], 0, 0
-    while i < len(blocks) or j < len(fixed):
-        if j == len(fixed) or (i < len(blocks) and key(blocks[i]) <= key(fixed[j])):
-            merged.append(blocks[i])
-            i += 1
-        else:
-            merged.append(fixed[j])
-            j += 1
-    return merged
+    return sorted([*blocks, *fixed], key=key)
 
 
 def block_summary(

@@ -76,10 +76,10 @@ def depth_stage(
     )
     plan = srinit(sensitivity, None, **params)
     shallow = remove(net, plan, data.train.x[:2])
+    stage = DepthStage(sensitivity, plan)
     if progress:
-        stage = DepthStage(sensitivity, plan)
         print(f"SR-init: removed {len(stage.removed)} of {len(sensitivity.blocks)} removable blocks: {stage.removed}")
-    return DepthStage(sensitivity, plan), shallow
+    return stage, shallow
 
 
 def prune_srinit(net: nn.Module, data: DataSplits, config, progress: bool = True, checkpoint_dir=None, resume=False):
