@@ -255,6 +255,11 @@ def run_prune(args: argparse.Namespace) -> int:
     arch, spec = recipe.model["name"], recipe.data["name"]
     print(f"\npyroprune prune {recipe.name}: {recipe.prune.method} on {arch} / {spec}, {device}")
     print(_table(run.metrics["dense"], run.metrics["pruned"]))
+    depth = run.metrics.get("depth")
+    if depth is not None:  # SR-init: the kept structures above are channels after a depth stage, blocks without
+        removed = ", ".join(depth["removed_blocks"]) or "none"
+        print(f"SR-init: removable blocks kept per stage {depth['blocks_kept']} of {depth['blocks_total']}")
+        print(f"SR-init: removed {removed} (pyroprune report {out} shows every block's drop)")
     print(f"\nwrote {out}")
     return 0
 

@@ -4,6 +4,8 @@ directories read back by ``load_run``, and one-line errors for bad settings."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -47,9 +49,11 @@ def _prune(recipe: str, sets: list[str], out) -> RecipeRun:
         runs.append(run_recipe(*args, **kwargs))
         return runs[-1]
 
-    with pytest.MonkeyPatch.context() as mp:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(pyroprune.experiment, "run_recipe", recording)
         assert main(["prune", recipe, *_sets(sets), "--quiet", "--out", str(out)]) == 0
+    runs[0].printed = printed.getvalue()  # what the command printed
     return runs[0]
 
 
@@ -90,6 +94,14 @@ def test_prune_srinit_writes_a_run_without_gates(srinit_dir):
     assert depth["params"]["params_reduction"] == 0.3
     assert metrics["params_reduction"] >= 1 / 0.7 - 1e-9  # the budget is met
     assert metrics["macs_reduction"] > 1
+
+
+def test_prune_prints_the_blocks(srinit_run, combined_run):
+    for run in (srinit_run, combined_run):
+        depth = run.result.depth
+        kept = f"removable blocks kept per stage {depth.plan.kept_string()} of {depth.plan.total_string()}"
+        assert kept in run.printed
+        assert f"SR-init: removed {', '.join(depth.removed)} (pyroprune report" in run.printed
 
 
 def test_compare_lists_both_run_kinds(srinit_dir, combined_dir, capsys):
