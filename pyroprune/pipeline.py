@@ -31,7 +31,7 @@ from .guides import TruncatedLogNormalGuide
 from .infer import FitHistory, evaluate, fit_svi, train_plain
 from .measure import count_macs, count_params, measure_latency
 from .methods import RULES, decide
-from .plan import PruningPlan
+from .plan import PruningPlan, per_layer_string
 from .posterior import GatePosterior, posterior_from_guide
 from .surgery import remove
 
@@ -165,9 +165,7 @@ class PruneConfig:
         elif self.depth == "srinit":
             try:
                 check_srinit_params(**self.depth_params)
-            except TypeError as e:
-                raise ValueError(f"'depth_params': {e}") from None
-            except ValueError as e:
+            except (TypeError, ValueError) as e:
                 raise ValueError(f"'depth_params': {e}") from None
 
     def _validate_svgd(self) -> None:
@@ -488,9 +486,7 @@ def measure_result(
         from .gates import find_gate_sites
 
         sites = find_gate_sites(dense, data.train.x[:2], input_gates=list(config.input_gates) or None)
-        dense_kept = "-".join(
-            ([str(width)] if width is not None and sites[0].kind != "feature" else []) + [str(s.size) for s in sites]
-        )
+        dense_kept = per_layer_string(sites, [s.size for s in sites], width)
     dense_m = network_metrics(dense, data, dense_kept)
     pruned_m = network_metrics(result.pruned, data, result.plan.kept_string(width))
     if not dense_trained:

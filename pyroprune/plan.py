@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import torch
 
 from .gates import GateSite
 
-__all__ = ["PruningPlan", "SitePlan", "atomic_write_text"]
+__all__ = ["PruningPlan", "SitePlan", "atomic_write_text", "per_layer_string"]
 
 
 @dataclass
@@ -112,9 +112,7 @@ class PruningPlan:
         return self._per_layer_string(self.total, input_size)
 
     def _per_layer_string(self, counts: list[int], input_size: int | None) -> str:
-        if self.sites and self.sites[0].site.kind == "feature":
-            input_size = None
-        return "-".join(([str(input_size)] if input_size is not None else []) + [str(c) for c in counts])
+        return per_layer_string([sp.site for sp in self.sites], counts, input_size)
 
     def with_masks(self, masks: Mapping[str, torch.Tensor]) -> PruningPlan:
         """A copy that also prunes what ``masks`` (site -> bool keep) prunes; never empties a site."""
@@ -171,6 +169,14 @@ class PruningPlan:
         except json.JSONDecodeError as e:
             raise ValueError(f"plan file {path} is not valid JSON: {e}") from e
         return cls.from_dict(data)
+
+
+def per_layer_string(sites: Sequence[GateSite], counts: Sequence[int], input_size: int | None = None) -> str:
+    """``counts`` per site joined by ``-``, the input width first when given, unless the first site gates input
+    features (its count already stands for the input); see :meth:`PruningPlan.kept_string`."""
+    if sites and sites[0].kind == "feature":
+        input_size = None
+    return "-".join(([str(input_size)] if input_size is not None else []) + [str(c) for c in counts])
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
